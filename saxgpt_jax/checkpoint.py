@@ -1,0 +1,208 @@
+"""Orbax checkpoints of SaxGPT: parameters-only (converted models) and full training state.
+
+Layout (one orbax CheckpointManager directory):
+```
+DIR/config.json            the full ConfigDict the model was built from
+DIR/<step>/params/          pure dict of float32 parameter arrays (every checkpoint has it)
+DIR/<step>/train/           training checkpoints only: {'opt_state', 'step', 'rng'}
+DIR/<step>/data_iter/       training checkpoints only: the grain iterator state of each process
+DIR/<step>/metrics/         training checkpoints saved after an eval: {'val_loss', ...}
+```
+A training run keeps its checkpoints in `WORKDIR/checkpoints`; `load_model` takes either that
+directory or the workdir. Restoring reads only the items it is asked for, with the shardings of the
+target arrays, so a checkpoint saved on 8 devices restores on 1 (or on another mesh).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, SingleDeviceSharding
+
+from saxgpt_jax import sharding as sharding_lib
+
+CONFIG_FILE = 'config.json'
+CHECKPOINT_SUBDIR = 'checkpoints'
+PARAMS_ITEM = 'params'
+TRAIN_ITEM = 'train'
+DATA_ITER_ITEM = 'data_iter'
+BEST_METRIC = 'val_loss'  # lower is better
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint directory is missing, empty or inconsistent."""
+
+
+def checkpoint_dir(directory: str | os.PathLike) -> Path:
+  """The CheckpointManager directory for a checkpoint directory or a training workdir."""
+  directory = Path(directory).expanduser().resolve()
+  if (directory / CHECKPOINT_SUBDIR / CONFIG_FILE).exists():
+    return directory / CHECKPOINT_SUBDIR
+  return directory
+
+
+def write_config(directory: str | os.PathLike, config: ml_collections.ConfigDict) -> None:
+  """Writes `directory/config.json` atomically (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  tmp = directory / f'.{CONFIG_FILE}.tmp'
+  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, directory / CONFIG_FILE)
+
+
+def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The ConfigDict saved beside a checkpoint (`checkpoint_dir(directory)/config.json`)."""
+  path = checkpoint_dir(directory) / CONFIG_FILE
+  if not path.exists():
+    raise CheckpointError(
+        f'{path} not found: pass a directory written by checkpoint.save_params, '
+        'convert_torch or saxgpt_jax.train (a workdir or its checkpoints/ folder)')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def build_model(config: ml_collections.ConfigDict, *, seed: int = 0):
+  """SaxGPT with seeded random weights; logical sharding names stay metadata (no eager sharding)."""
+  from saxgpt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+
+  with nnx.use_eager_sharding(False):
+    return model_lib.SaxGPT(model_lib.ModelConfig.from_config(config.model), rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(config: ml_collections.ConfigDict):
+  """(graphdef, abstract params nnx.State, rest nnx.State) of SaxGPT without allocating weights."""
+  model = nnx.eval_shape(lambda: build_model(config))
+  return nnx.split(model, nnx.Param, ...)
+
+
+def manager(directory: str | os.PathLike, *, keep_latest: int | None = None,
+            keep_best: int | None = None, async_save: bool = True,
+            read_only: bool = False) -> ocp.CheckpointManager:
+  """A CheckpointManager over `directory`, keeping the latest `keep_latest` checkpoints plus the
+  `keep_best` with the lowest validation loss (None keeps all). `read_only` creates nothing and
+  removes nothing (for restoring)."""
+  policies = []
+  if keep_latest is not None:
+    policies.append(ocp.checkpoint_managers.LatestN(n=keep_latest))
+  if keep_best is not None:
+    policies.append(ocp.checkpoint_managers.BestN(
+        get_metric_fn=lambda metrics: -metrics[BEST_METRIC], n=keep_best,
+        keep_checkpoints_without_metrics=False))
+  preservation = ocp.checkpoint_managers.AnyPreservationPolicy(policies) if policies else None
+  options = ocp.CheckpointManagerOptions(
+      create=not read_only, enable_async_checkpointing=async_save,
+      preservation_policy=preservation, cleanup_tmp_directories=not read_only)
+  return ocp.CheckpointManager(Path(directory).expanduser().resolve(), options=options)
+
+
+def best_step(mngr: ocp.CheckpointManager) -> int | None:
+  """The step with the lowest saved `val_loss`, or None when no checkpoint has metrics."""
+  scored = []
+  for step in mngr.all_steps():
+    metrics = mngr.metrics(step)
+    if metrics and BEST_METRIC in metrics and math.isfinite(metrics[BEST_METRIC]):
+      scored.append((metrics[BEST_METRIC], step))
+  return min(scored)[1] if scored else None
+
+
+def resolve_step(mngr: ocp.CheckpointManager, step: int | None = None, best: bool = False) -> int:
+  """The step to restore: `step` if given (must exist), else the best or the latest one."""
+  steps = mngr.all_steps()
+  if not steps:
+    raise CheckpointError(f'no checkpoints in {mngr.directory}')
+  if step is not None:
+    if step not in steps:
+      raise CheckpointError(f'step {step} is not in {mngr.directory}; available steps: {sorted(steps)}')
+    return step
+  if best:
+    chosen = best_step(mngr)
+    if chosen is None:
+      raise CheckpointError(
+          f'no checkpoint in {mngr.directory} has a {BEST_METRIC} metric; drop best=True to load the latest')
+    return chosen
+  return mngr.latest_step()
+
+
+def save_params(directory: str | os.PathLike, model: nnx.Module, config: ml_collections.ConfigDict,
+                *, step: int = 0) -> Path:
+  """Saves the model's parameters as checkpoint `step` (item 'params') plus `config.json`.
+
+  Returns the checkpoint directory. `config.model` must describe `model` (load_model rebuilds from it).
+  """
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  with manager(directory, async_save=False) as mngr:
+    mngr.save(step, args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardSave(params)}), force=True)
+    mngr.wait_until_finished()
+    write_config(mngr.directory, config)
+    return Path(mngr.directory)
+
+
+def restore_params(directory: str | os.PathLike, abstract_params: Any, *, step: int | None = None,
+                   best: bool = False) -> tuple[Any, int]:
+  """Restores only the 'params' item into the structure, dtypes and shardings of `abstract_params`
+  (a pure dict of ShapeDtypeStructs). Returns (params, step)."""
+  directory = checkpoint_dir(directory)
+  if not directory.is_dir():
+    raise CheckpointError(f'checkpoint directory {directory} does not exist')
+  with manager(directory, read_only=True, async_save=False) as mngr:
+    step = resolve_step(mngr, step, best)
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        **{PARAMS_ITEM: ocp.args.StandardRestore(abstract_params)}))
+  return restored[PARAMS_ITEM], step
+
+
+def load_model(directory: str | os.PathLike, *, step: int | None = None, best: bool = False,
+               mesh: Mesh | None = None):
+  """(SaxGPT, ConfigDict) from a converted or training checkpoint directory (or a workdir).
+
+  Args:
+    directory: a directory written by `save_params` / convert_torch, a training workdir, or its
+      `checkpoints/` folder.
+    step: which checkpoint; default the latest (or the best with `best=True`).
+    best: take the checkpoint with the lowest validation loss.
+    mesh: shard the parameters over this mesh by the logical axis rules; default one device.
+  """
+  config = read_config(directory)
+  graphdef, abstract_params, rest = abstract_model(config)
+  if mesh is None:
+    device = SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(abstract_params))
+  else:
+    shardings = sharding_lib.param_shardings(abstract_params, mesh)
+  target = sharding_lib.abstract_with_shardings(nnx.to_pure_dict(abstract_params), shardings)
+  params, _ = restore_params(directory, target, step=step, best=best)
+  rest = jax.tree.map(lambda x: jax.numpy.zeros(x.shape, x.dtype), rest)
+  return nnx.merge(graphdef, params, rest), config
+
+
+def train_save_args(params: Any, train: Mapping[str, Any], data_iter=None,
+                    ) -> ocp.args.Composite:
+  """Composite save args of a training checkpoint (params + optimizer/step/rng + grain iterator)."""
+  import grain  # pylint: disable=g-import-not-at-top
+
+  items = {PARAMS_ITEM: ocp.args.StandardSave(params), TRAIN_ITEM: ocp.args.StandardSave(dict(train))}
+  if data_iter is not None:
+    items[DATA_ITER_ITEM] = grain.checkpoint.CheckpointSave(data_iter)
+  return ocp.args.Composite(**items)
+
+
+def train_restore_args(abstract_params: Any, abstract_train: Mapping[str, Any], data_iter=None,
+                       ) -> ocp.args.Composite:
+  """Composite restore args matching `train_save_args`; `data_iter` is restored in place."""
+  import grain  # pylint: disable=g-import-not-at-top
+
+  items = {PARAMS_ITEM: ocp.args.StandardRestore(abstract_params),
+           TRAIN_ITEM: ocp.args.StandardRestore(dict(abstract_train))}
+  if data_iter is not None:
+    items[DATA_ITER_ITEM] = grain.checkpoint.CheckpointRestore(data_iter)
+  return ocp.args.Composite(**items)
