@@ -1,0 +1,365 @@
+"""The SaxGPT encoder-decoder in Flax NNX, computing exactly what the original PyTorch model computes.
+
+Shapes use axis letters: B batch, K codebooks, S backing (source) length, T solo (target) length,
+D d_model, N heads, H head dim, F feed-forward width, V codes per codebook (2048), L decoder layers.
+The definition of the original (state-dict layout, norms, embeddings) is in
+shared/fixtures/upstream_parity/README.md; `saxgpt_jax/convert_torch.py` maps its weights onto these.
+
+Parameters are float32 (`param_dtype`) and carry logical axis names (`out_sharding` metadata) that
+`saxgpt_jax/sharding.py` maps onto the device mesh; matmuls run in `dtype` (bfloat16 by default);
+LayerNorm, softmax statistics and logits are float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from flax import struct
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  num_codebooks: int = 4
+  codebook_size: int = 2048
+  padding_idx: int = 2048
+  d_model: int = 512
+  num_heads: int = 8
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  dim_feedforward: int = 2048
+  dropout: float = 0.1
+  activation: str = 'gelu'
+  norm_first: bool = True
+  scale_embeddings: bool = True
+  max_seq_len: int = 1505
+  dtype: str = 'bfloat16'
+  param_dtype: str = 'float32'
+  attention_impl: str = ''
+
+  def __post_init__(self):
+    if self.d_model % self.num_heads:
+      raise ValueError(
+          f'model.num_heads={self.num_heads} does not divide model.d_model={self.d_model}; '
+          'pick heads so that d_model / heads is a whole number.')
+    if self.activation not in ('relu', 'gelu'):
+      raise ValueError(f"model.activation={self.activation!r}: use 'relu' or 'gelu'.")
+    if self.padding_idx < self.codebook_size:
+      raise ValueError(f'model.padding_idx={self.padding_idx} must be >= codebook_size={self.codebook_size}.')
+    if self.attention_impl not in ('', 'xla', 'cudnn'):
+      raise ValueError(f"model.attention_impl={self.attention_impl!r}: use '', 'xla' or 'cudnn'.")
+
+  @classmethod
+  def from_config(cls, cfg: Any) -> 'ModelConfig':
+    """From `config.model` (a ConfigDict or dict); unknown keys are an error that names them."""
+    d = dict(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f'unknown model config keys {unknown}; known keys are {sorted(known)}.')
+    return cls(**d)
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def embed_rows(self) -> int:
+    """Rows of each embedding table: the codes plus the padding/start token."""
+    return self.padding_idx + 1
+
+
+def sinusoidal_positions(max_len: int, d_model: int) -> np.ndarray:
+  """float32 [max_len, D]: sin on even channels, cos on odd, base 10000 (the original's `pe` buffer)."""
+  position = np.arange(max_len, dtype=np.float32)[:, None]
+  div_term = np.exp(np.arange(0, d_model, 2, dtype=np.float32) * (-math.log(10000.0) / d_model))
+  pe = np.zeros((max_len, d_model), np.float32)
+  pe[:, 0::2] = np.sin(position * div_term)
+  pe[:, 1::2] = np.cos(position * div_term)
+  return pe
+
+
+def _param(rngs: nnx.Rngs, init, shape, names, dtype) -> nnx.Param:
+  """A parameter with logical axis names (mapped to mesh axes by saxgpt_jax.sharding)."""
+  return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=names, eager_sharding=False)
+
+
+_normal = jax.nn.initializers.normal(0.02)
+_zeros = jax.nn.initializers.zeros
+_ones = jax.nn.initializers.ones
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm over D with eps 1e-5, computed in float32 (two-pass variance, as PyTorch)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    pdt = jnp.dtype(cfg.param_dtype)
+    self.scale = _param(rngs, _ones, (cfg.d_model,), ('norm',), pdt)
+    self.bias = _param(rngs, _zeros, (cfg.d_model,), ('norm',), pdt)
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + 1e-5)
+    return y * self.scale[...] + self.bias[...]
+
+
+class Attention(nnx.Module):
+  """Multi-head attention without biases. Self-attention keeps q/k/v in one [D, 3, N, H] kernel."""
+
+  def __init__(self, cfg: ModelConfig, *, cross: bool, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.cross = cross
+    d, n, h = cfg.d_model, cfg.num_heads, cfg.head_dim
+    pdt = jnp.dtype(cfg.param_dtype)
+    if cross:
+      self.q = _param(rngs, _normal, (d, n, h), ('embed', 'heads', 'kv'), pdt)
+      self.kv = _param(rngs, _normal, (d, 2, n, h), ('embed', None, 'heads', 'kv'), pdt)
+    else:
+      self.qkv = _param(rngs, _normal, (d, 3, n, h), ('embed', None, 'heads', 'kv'), pdt)
+    self.out = _param(rngs, _normal, (n, h, d), ('heads', 'kv', 'embed'), pdt)
+
+  def _w(self, p: nnx.Param) -> Array:
+    return p[...].astype(self.cfg.dtype)
+
+  def project_qkv(self, x_btd: Array) -> tuple[Array, Array, Array]:
+    qkv = jnp.einsum('BTD,DJNH->JBTNH', x_btd.astype(self.cfg.dtype), self._w(self.qkv))
+    return qkv[0], qkv[1], qkv[2]
+
+  def project_q(self, x_btd: Array) -> Array:
+    return jnp.einsum('BTD,DNH->BTNH', x_btd.astype(self.cfg.dtype), self._w(self.q))
+
+  def project_kv(self, memory_bsd: Array) -> tuple[Array, Array]:
+    kv = jnp.einsum('BSD,DJNH->JBSNH', memory_bsd.astype(self.cfg.dtype), self._w(self.kv))
+    return kv[0], kv[1]
+
+  def attend(self, q_btnh: Array, k_bsnh: Array, v_bsnh: Array, mask: Array | None,
+             is_causal: bool = False) -> Array:
+    """Scaled dot-product attention (cuDNN flash attention on GPU when available) + output projection."""
+    impl = self.cfg.attention_impl or None
+    o_btnh = jax.nn.dot_product_attention(
+        q_btnh, k_bsnh, v_bsnh, mask=mask, is_causal=is_causal,
+        scale=1.0 / math.sqrt(self.cfg.head_dim), implementation=impl)
+    return jnp.einsum('BTNH,NHD->BTD', o_btnh, self._w(self.out))
+
+
+class FeedForward(nnx.Module):
+  """linear1 -> activation -> dropout -> linear2, with biases."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, f = cfg.d_model, cfg.dim_feedforward
+    pdt = jnp.dtype(cfg.param_dtype)
+    self.w1 = _param(rngs, _normal, (d, f), ('embed', 'mlp'), pdt)
+    self.b1 = _param(rngs, _zeros, (f,), ('mlp',), pdt)
+    self.w2 = _param(rngs, _normal, (f, d), ('mlp', 'embed'), pdt)
+    self.b2 = _param(rngs, _zeros, (d,), ('embed',), pdt)
+    self.dropout = nnx.Dropout(cfg.dropout)
+
+  def __call__(self, x_btd: Array, deterministic: bool, rngs: nnx.Rngs | None) -> Array:
+    dt = self.cfg.dtype
+    h = jnp.einsum('BTD,DF->BTF', x_btd.astype(dt), self.w1[...].astype(dt)) + self.b1[...].astype(dt)
+    h = jax.nn.relu(h) if self.cfg.activation == 'relu' else jax.nn.gelu(h, approximate=False)
+    h = self.dropout(h, deterministic=deterministic, rngs=rngs)
+    return jnp.einsum('BTF,FD->BTD', h, self.w2[...].astype(dt)) + self.b2[...].astype(dt)
+
+
+class EncoderLayer(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.self_attn = Attention(cfg, cross=False, rngs=rngs)
+    self.ff = FeedForward(cfg, rngs=rngs)
+    self.norm1 = LayerNorm(cfg, rngs=rngs)
+    self.norm2 = LayerNorm(cfg, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout)
+
+  def __call__(self, x: Array, mask: Array | None, deterministic: bool, rngs: nnx.Rngs | None) -> Array:
+    drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
+
+    def sa(y):
+      return self.self_attn.attend(*self.self_attn.project_qkv(y), mask=mask)
+
+    if self.cfg.norm_first:
+      x = x + drop(sa(self.norm1(x)))
+      return x + drop(self.ff(self.norm2(x), deterministic, rngs))
+    x = self.norm1(x + drop(sa(x)))
+    return self.norm2(x + drop(self.ff(x, deterministic, rngs)))
+
+
+class DecoderLayer(nnx.Module):
+  """Causal self-attention, cross-attention over the encoder memory, feed-forward.
+
+  `self_attention(x, ...)` takes a callable that turns the layer's (q, k, v) into attention output, so the
+  full forward pass (causal mask over T) and the cached decode step (one position against the cache)
+  share every other line.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.self_attn = Attention(cfg, cross=False, rngs=rngs)
+    self.cross_attn = Attention(cfg, cross=True, rngs=rngs)
+    self.ff = FeedForward(cfg, rngs=rngs)
+    self.norm1 = LayerNorm(cfg, rngs=rngs)
+    self.norm2 = LayerNorm(cfg, rngs=rngs)
+    self.norm3 = LayerNorm(cfg, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout)
+
+  def __call__(self, x, self_attend, cross_k, cross_v, cross_mask, deterministic, rngs):
+    drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
+
+    def ca(y):
+      return self.cross_attn.attend(self.cross_attn.project_q(y), cross_k, cross_v, mask=cross_mask)
+
+    sa = lambda y: self_attend(self.self_attn, y)
+    if self.cfg.norm_first:
+      x = x + drop(sa(self.norm1(x)))
+      x = x + drop(ca(self.norm2(x)))
+      return x + drop(self.ff(self.norm3(x), deterministic, rngs))
+    x = self.norm1(x + drop(sa(x)))
+    x = self.norm2(x + drop(ca(x)))
+    return self.norm3(x + drop(self.ff(x, deterministic, rngs)))
+
+
+@struct.dataclass
+class DecodeCache:
+  """Everything the decode step reads besides the new tokens. Leading axis of each array: L layers.
+
+  self_k, self_v: [L, B, T_max, N, H] — self-attention keys/values written position by position.
+  cross_k, cross_v: [L, B, S, N, H] — cross-attention keys/values of the encoder memory, computed once.
+  src_mask: [B, S] bool — True where the backing is a real frame.
+  """
+  self_k: Array
+  self_v: Array
+  cross_k: Array
+  cross_v: Array
+  src_mask: Array
+
+
+def _key_mask(src_mask_bs: Array | None) -> Array | None:
+  """[B, S] key-padding mask -> [B, 1, 1, S] for dot_product_attention."""
+  return None if src_mask_bs is None else src_mask_bs[:, None, None, :]
+
+
+class SaxGPT(nnx.Module):
+  """Multi-stream encoder-decoder: backing tokens [B,K,S] -> solo logits [B,K,T,V]."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    pdt = jnp.dtype(cfg.param_dtype)
+    k, d = cfg.num_codebooks, cfg.d_model
+    self.embed = _param(rngs, _normal, (k, cfg.embed_rows, d), ('codebooks', None, 'embed'), pdt)
+    self.encoder_layers = nnx.List([EncoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_encoder_layers)])
+    self.decoder_layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_decoder_layers)])
+    if cfg.norm_first:
+      self.encoder_norm = LayerNorm(cfg, rngs=rngs)
+      self.decoder_norm = LayerNorm(cfg, rngs=rngs)
+    self.head_w = _param(rngs, _normal, (k, d, cfg.codebook_size), ('codebooks', 'embed', 'vocab'), pdt)
+    self.head_b = _param(rngs, _zeros, (k, cfg.codebook_size), ('codebooks', 'vocab'), pdt)
+    self.dropout = nnx.Dropout(cfg.dropout)
+
+  # --- shared pieces -------------------------------------------------------------------------
+  def _embed(self, tokens_bkt: Array, positions_t: Array, deterministic, rngs) -> Array:
+    """Summed per-codebook embeddings (x sqrt(D) if configured) + sinusoidal positions -> [B,T,D]."""
+    cfg = self.cfg
+    table = self.embed[...]
+    x = sum(jnp.take(table[k], tokens_bkt[:, k], axis=0) for k in range(cfg.num_codebooks))
+    if cfg.scale_embeddings:
+      x = x * math.sqrt(cfg.d_model)
+    pe = jnp.asarray(sinusoidal_positions(cfg.max_seq_len, cfg.d_model))
+    x = x + jnp.take(pe, positions_t, axis=0)[None]
+    return self.dropout(x, deterministic=deterministic, rngs=rngs)
+
+  def _heads(self, x_btd: Array) -> Array:
+    """4 parallel output heads -> float32 logits [B, K, T, V]."""
+    if self.cfg.norm_first:
+      x_btd = self.decoder_norm(x_btd)
+    dt = self.cfg.dtype
+    logits = jnp.einsum('BTD,KDV->BKTV', x_btd.astype(dt), self.head_w[...].astype(dt))
+    return logits.astype(jnp.float32) + self.head_b[...][None, :, None, :]
+
+  def _check_tokens(self, name: str, tokens: Array) -> None:
+    cfg = self.cfg
+    if tokens.ndim != 3 or tokens.shape[1] != cfg.num_codebooks:
+      raise ValueError(f'{name} must be int [B, {cfg.num_codebooks}, length], got shape {tokens.shape}.')
+    if tokens.shape[2] > cfg.max_seq_len:
+      raise ValueError(
+          f'{name} has {tokens.shape[2]} positions but model.max_seq_len is {cfg.max_seq_len}; '
+          'use shorter windows (data.seq_len) or a model with a longer max_seq_len.')
+
+  # --- full forward ----------------------------------------------------------------------------
+  def encode(self, src_bks: Array, src_mask_bs: Array | None = None, *, deterministic: bool = True,
+             rngs: nnx.Rngs | None = None) -> Array:
+    """Backing tokens [B,K,S] (delayed) -> encoder memory [B,S,D] (after the final norm when pre-norm)."""
+    self._check_tokens('src', src_bks)
+    x = self._embed(src_bks, jnp.arange(src_bks.shape[2]), deterministic, rngs)
+    mask = _key_mask(src_mask_bs)
+    for layer in self.encoder_layers:
+      x = layer(x, mask, deterministic, rngs)
+    if self.cfg.norm_first:
+      x = self.encoder_norm(x)
+    return x
+
+  def __call__(self, src_bks: Array, tgt_bkt: Array, src_mask_bs: Array | None = None, *,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
+    """Teacher-forced logits float32 [B,K,T,V] for decoder input tgt_bkt [B,K,T] (causal)."""
+    memory = self.encode(src_bks, src_mask_bs, deterministic=deterministic, rngs=rngs)
+    self._check_tokens('tgt', tgt_bkt)
+    x = self._embed(tgt_bkt, jnp.arange(tgt_bkt.shape[2]), deterministic, rngs)
+    cross_mask = _key_mask(src_mask_bs)
+
+    def causal(attn: Attention, y):
+      return attn.attend(*attn.project_qkv(y), mask=None, is_causal=True)
+
+    for layer in self.decoder_layers:
+      ck, cv = layer.cross_attn.project_kv(memory)
+      x = layer(x, causal, ck, cv, cross_mask, deterministic, rngs)
+    return self._heads(x)
+
+  # --- cached decoding -------------------------------------------------------------------------
+  def init_cache(self, memory_bsd: Array, src_mask_bs: Array | None, max_len: int) -> DecodeCache:
+    """Computes every layer's cross-attention K/V once and allocates an empty self-attention cache."""
+    cfg = self.cfg
+    b, s, _ = memory_bsd.shape
+    if max_len > cfg.max_seq_len:
+      raise ValueError(f'cannot decode {max_len} positions: model.max_seq_len is {cfg.max_seq_len}.')
+    cross = [layer.cross_attn.project_kv(memory_bsd) for layer in self.decoder_layers]
+    shape = (cfg.num_decoder_layers, b, max_len, cfg.num_heads, cfg.head_dim)
+    if src_mask_bs is None:
+      src_mask_bs = jnp.ones((b, s), bool)
+    return DecodeCache(
+        self_k=jnp.zeros(shape, cfg.dtype), self_v=jnp.zeros(shape, cfg.dtype),
+        cross_k=jnp.stack([k for k, _ in cross]), cross_v=jnp.stack([v for _, v in cross]),
+        src_mask=src_mask_bs)
+
+  def decode_step(self, tokens_bk: Array, position: Array, cache: DecodeCache) -> tuple[Array, DecodeCache]:
+    """One decoder position: tokens [B,K] at `position` (scalar int) -> logits [B,K,V] and the new cache."""
+    max_len = cache.self_k.shape[2]
+    x = self._embed(tokens_bk[:, :, None], position[None], True, None)
+    visible = (jnp.arange(max_len) <= position)[None, None, None, :]  # [1,1,1,T_max]
+    cross_mask = _key_mask(cache.src_mask)
+    kv = {'k': cache.self_k, 'v': cache.self_v}  # updated in place (dynamic_update_slice)
+    for i, layer in enumerate(self.decoder_layers):
+
+      def cached(attn: Attention, y, i=i):
+        q, k, v = attn.project_qkv(y)  # [B,1,N,H]
+        at = (i, 0, position, 0, 0)
+        kv['k'] = jax.lax.dynamic_update_slice(kv['k'], k[None].astype(kv['k'].dtype), at)
+        kv['v'] = jax.lax.dynamic_update_slice(kv['v'], v[None].astype(kv['v'].dtype), at)
+        return attn.attend(q, kv['k'][i], kv['v'][i], mask=visible)
+
+      x = layer(x, cached, cache.cross_k[i], cache.cross_v[i], cross_mask, True, None)
+    cache = cache.replace(self_k=kv['k'], self_v=kv['v'])
+    return self._heads(x)[:, :, 0], cache
+
+
+def count_params(model: nnx.Module) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
