@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.seed = 0
   c.data.worker_count = 2  # grain worker processes (0 = in-process)
   c.data.prefetch_buffer_size = 4
+  c.data.read_threads = 4  # grain reader threads per process (or per worker)
 
   # --- Optimisation (original defaults).
   c.train = ml_collections.ConfigDict()
