@@ -36,6 +36,7 @@ from saxgpt_jax.delay import PADDING_IDX, apply_delay
 
 log = logging.getLogger(__name__)
 TRAIN_SPLIT = 'train'
+PADDING_SPEC = np.array([-1, 0], np.int64)  # (clip, start) of a padding window
 
 
 def _version_dir(data_dir: str, name: str) -> Path:
@@ -85,7 +86,7 @@ def num_windows(config: ml_collections.ConfigDict, split: str) -> int:
 
 
 class _PadToMultiple(grain.MapDataset):
-  """The parent's elements, then None up to the next multiple of `multiple` (None = a padding window)."""
+  """The parent's (clip, start) rows, then PADDING_SPEC rows up to the next multiple of `multiple`."""
 
   def __init__(self, parent: grain.MapDataset, multiple: int):
     super().__init__(parent)
@@ -100,18 +101,18 @@ class _PadToMultiple(grain.MapDataset):
   def __getitem__(self, index):
     if isinstance(index, slice):
       return self.slice(index)
-    return self._parent[index] if index < len(self._parent) else None
+    return self._parent[index] if index < len(self._parent) else PADDING_SPEC
 
 
-def _window_example(spec: np.ndarray | None, rng: np.random.Generator | None = None, *,
+def _window_example(spec: np.ndarray, rng: np.random.Generator | None = None, *,
                     source: Sequence[dict[str, Any]], frames: np.ndarray, seq_len: int,
                     num_codebooks: int) -> dict[str, np.ndarray]:
-  """One training example from a (clip, start) spec; a random start when `rng` is given; None -> padding."""
+  """One example from a (clip, start) spec; a random start when `rng` is given; clip -1 -> padding."""
   length = seq_len + num_codebooks + 1
-  if spec is None:
+  clip, start = int(spec[0]), int(spec[1])
+  if clip < 0:
     pad = np.full((num_codebooks, length), PADDING_IDX, np.int32)
     return {'src': pad, 'src_mask': np.zeros(length, bool), 'tgt_in': pad[:, :-1], 'tgt_out': pad[:, 1:]}
-  clip, start = int(spec[0]), int(spec[1])
   if rng is not None:
     start = int(rng.integers(0, max(int(frames[clip]) - seq_len, 0) + 1))
   example = source[clip]
