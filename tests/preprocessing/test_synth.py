@@ -132,6 +132,8 @@ def test_dataset_layout_and_rerun_skips(tmp_path):
 def test_bad_arguments():
   with pytest.raises(ValueError, match='seconds'):
     synth.synthesize_piece(0, 0.0)
+  with pytest.raises(ValueError, match='seed'):
+    synth.synthesize_piece(-1, 1.0)
   with pytest.raises(ValueError, match='num_pieces'):
     synth.synthesize_dataset('/tmp/unused', num_pieces=0)
 
