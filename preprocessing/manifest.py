@@ -178,3 +178,74 @@ def load_clip(tokens_dir: str | os.PathLike, record: ClipRecord) -> tuple[np.nda
 def iter_clips(tokens_dir: str | os.PathLike) -> Iterator[tuple[ClipRecord, np.ndarray, np.ndarray]]:
   for rec in read_manifest(tokens_dir):
     yield (rec, *load_clip(tokens_dir, rec))
+
+
+# --- Per-recording parts: concurrent workers each write whole files; `merge_parts` makes manifest.jsonl.
+# <tokens_dir>/parts/<recording_id>.json   {"recording_id", "complete", "records": [ClipRecord dicts]}
+# <tokens_dir>/failures/<key>.json         one failure of the current run; merged into failures.jsonl
+PARTS_DIR = 'parts'
+FAILURE_PARTS_DIR = 'failures'
+FAILURES_NAME = 'failures.jsonl'
+
+
+def part_path(tokens_dir: str | os.PathLike, recording_id: str) -> Path:
+  if not _SAFE_ID.match(recording_id) or recording_id.startswith('.'):
+    raise ManifestError(f'recording_id {recording_id!r} is not filesystem-safe; build it with manifest.safe_id().')
+  return Path(tokens_dir) / PARTS_DIR / f'{recording_id}.json'
+
+
+def write_part(tokens_dir: str | os.PathLike, recording_id: str, records: list[ClipRecord], *,
+               complete: bool) -> None:
+  """Atomically records a recording's clips (their .npz files must exist). complete=False: retry on rerun."""
+  body = {'recording_id': recording_id, 'complete': complete,
+          'records': [dataclasses.asdict(r) for r in sorted(records, key=lambda r: r.clip_id)]}
+  atomic_write_bytes(part_path(tokens_dir, recording_id), json.dumps(body, sort_keys=True).encode())
+
+
+def is_complete(tokens_dir: str | os.PathLike, recording_id: str) -> bool:
+  """True when a previous run finished every clip of the recording (a rerun skips it)."""
+  path = part_path(tokens_dir, recording_id)
+  try:
+    return bool(json.loads(path.read_text(encoding='utf-8')).get('complete'))
+  except (OSError, ValueError):
+    return False
+
+
+def merge_parts(tokens_dir: str | os.PathLike) -> list[ClipRecord]:
+  """Rewrites manifest.jsonl (atomically) from every part, sorted by clip_id; returns the records."""
+  tokens_dir = Path(tokens_dir)
+  records: dict[str, ClipRecord] = {}
+  for path in sorted((tokens_dir / PARTS_DIR).glob('*.json')):
+    try:
+      body = json.loads(path.read_text(encoding='utf-8'))
+      part = [ClipRecord.from_dict(d) for d in body['records']]
+    except (ValueError, KeyError, TypeError) as e:
+      raise ManifestError(f'{path}: unreadable part ({e!r}). Delete it and rerun to rebuild that recording.') from e
+    records.update((r.clip_id, r) for r in part if (tokens_dir / r.path).exists())
+  ordered = [records[k] for k in sorted(records)]
+  atomic_write_bytes(tokens_dir / MANIFEST_NAME, ''.join(r.to_json() + '\n' for r in ordered).encode())
+  return ordered
+
+
+def write_failure(tokens_dir: str | os.PathLike, failure: dict[str, Any]) -> None:
+  """Atomically stores one failure ({'item', 'stage', 'reason', ...}) of the current run."""
+  import hashlib
+
+  key = hashlib.sha1(f'{failure.get("stage")}|{failure.get("item")}'.encode()).hexdigest()[:16]
+  atomic_write_bytes(Path(tokens_dir) / FAILURE_PARTS_DIR / f'{key}.json',
+                     json.dumps(failure, sort_keys=True).encode())
+
+
+def clear_failures(tokens_dir: str | os.PathLike) -> None:
+  """Forgets the failures of earlier runs (a rerun retries those items)."""
+  for path in (Path(tokens_dir) / FAILURE_PARTS_DIR).glob('*.json'):
+    path.unlink(missing_ok=True)
+
+
+def merge_failures(tokens_dir: str | os.PathLike) -> list[dict[str, Any]]:
+  """Writes failures.jsonl (atomically, sorted) from this run's failures; returns them."""
+  tokens_dir = Path(tokens_dir)
+  failures = [json.loads(p.read_text(encoding='utf-8')) for p in (tokens_dir / FAILURE_PARTS_DIR).glob('*.json')]
+  failures.sort(key=lambda f: (str(f.get('item')), str(f.get('stage'))))
+  atomic_write_bytes(tokens_dir / FAILURES_NAME, ''.join(json.dumps(f, sort_keys=True) + '\n' for f in failures).encode())
+  return failures
