@@ -1,0 +1,166 @@
+"""Decode benchmark: steps/s and frames/s per batch size, real-time factor, compile time, recompiles.
+
+A run is one `decode.generate` call (encode the backing once, then `steps` cached decode steps in one
+`lax.scan`) with the config's sampling settings, on random backing tokens of `frames` frames (delayed:
+src [B, K, frames+K+1]). The encoder (plus every layer's cross K/V) is timed on its own and subtracted,
+so steps/s is the decode loop alone; frames/s = batch x steps/s (one position per stream per step).
+The torch reference runs its original loop (one eager step per token, KV cache grown by `torch.cat`) on
+the same config, batch, length and sampling, alternating run by run with JAX.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from saxgpt_jax import decode
+from saxgpt_jax.bench import compiles, timing
+from saxgpt_jax.bench.train import random_batch
+from saxgpt_jax.delay import delayed_length
+from saxgpt_jax.model import ModelConfig, SaxGPT
+
+FRAME_RATE = 50  # EnCodec 32 kHz frames per second
+
+
+def _jax_runs(model: SaxGPT, src: np.ndarray, steps: int, sampling: decode.SamplingParams, rng: jax.Array):
+  """-> (generate run, encode run): callables that block until done."""
+  src = jax.device_put(src)
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def encode(state, src):
+    m = nnx.merge(graphdef, state)
+    return m.init_cache(m.encode(src), None, max_len=steps)
+
+  def generate():
+    decode.generate(model, src, num_steps=steps, sampling=sampling, rng=rng).block_until_ready()
+
+  return generate, lambda: jax.block_until_ready(encode(state, src))
+
+
+def _torch_runs(config: ml_collections.ConfigDict, src: np.ndarray, steps: int):
+  """-> (generate run, encode run) of the eager reference with the config's sampling settings."""
+  import torch  # only with --reference=torch
+
+  from saxgpt_jax.bench import torch_reference
+
+  torch.manual_seed(config.train.seed)
+  model = torch_reference.SaxGPTTorch(torch_reference.model_config_from_jax(config.model)).eval()
+  src_t = torch.from_numpy(np.asarray(src, np.int64))
+  s = config.sample
+  generator = torch.Generator().manual_seed(config.train.seed)
+
+  def generate():
+    model.generate(src_t, steps + 1, greedy=s.greedy or s.temperature == 0, temperature=s.temperature or 1.0,
+                   top_k=s.top_k, generator=generator)
+
+  @torch.no_grad()
+  def encode():
+    model.memory_kv(model.encode(src_t))
+
+  return generate, encode
+
+
+def _timed_once(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def _figures(call_s: list[float], encode_s: list[float], batch: int, steps: int) -> dict[str, float]:
+  call, enc = statistics.median(call_s), statistics.median(encode_s)
+  loop = max(call - enc, 1e-9)
+  return {'call_s': call, 'encode_s': enc, 'step_ms': 1e3 * loop / steps, 'steps_per_s': steps / loop,
+          'frames_per_s': batch * steps / loop, 'min_call_s': min(call_s), 'max_call_s': max(call_s)}
+
+
+def run(config: ml_collections.ConfigDict, *, batches: Sequence[int] = (1, 16), steps: int = 300,
+        frames: int | None = None, repeats: int = 3, warmup: int = 1, reference: str = '',
+        rtf_frames: int = 1500) -> dict[str, Any]:
+  """Benchmarks `generate` at each batch size; see the module docstring. rtf_frames=0 skips the RTF run."""
+  model_cfg = ModelConfig.from_config(config.model)
+  k = model_cfg.num_codebooks
+  frames = config.data.seq_len if frames is None else frames
+  if delayed_length(frames, k) > model_cfg.max_seq_len:
+    raise ValueError(f'{frames} backing frames need {delayed_length(frames, k)} positions but '
+                     f'model.max_seq_len is {model_cfg.max_seq_len}; lower --frames')
+  if not 1 <= steps <= model_cfg.max_seq_len:
+    raise ValueError(f'--steps must be in [1, model.max_seq_len={model_cfg.max_seq_len}], got {steps}')
+  s = config.sample
+  sampling = decode.SamplingParams.make(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, greedy=s.greedy)
+  model = SaxGPT(model_cfg, rngs=nnx.Rngs(params=config.train.seed))
+  rng = jax.random.key(config.train.seed)
+  result: dict[str, Any] = {
+      'command': 'decode', 'dtype': model_cfg.dtype, 'frames': frames, 'src_len': delayed_length(frames, k),
+      'steps': steps, 'sampling': {'temperature': s.temperature, 'top_k': s.top_k, 'top_p': s.top_p,
+                                   'greedy': s.greedy},
+      'jax': {}}
+  if reference == 'torch':
+    result['torch'], result['speedup_vs_torch'] = {}, {}
+    if s.top_p:
+      result['torch_note'] = 'the torch reference samples without top-p'
+
+  for batch in batches:
+    src = random_batch(model_cfg, batch, frames, seed=config.train.seed)['src']
+    jax_generate, jax_encode = _jax_runs(model, src, steps, sampling, rng)
+    with compiles.watch() as first:
+      jax_generate()
+    jax_encode()
+    row = f'batch_{batch}'
+    if 'recompiles_on_new_sampling' not in result:
+      result['recompiles_on_new_sampling'] = _count_recompiles(model, src, steps)
+    runs = {'jax': jax_generate}
+    encodes = {'jax': jax_encode}
+    if reference == 'torch':
+      runs['torch'], encodes['torch'] = _torch_runs(config, src, steps)
+    calls = timing.interleaved(runs, repeats=repeats, warmup=warmup)
+    encode_s = timing.interleaved(encodes, repeats=repeats, warmup=0)
+    for name in runs:
+      result[name][row] = _figures(calls[name], encode_s[name], batch, steps)
+    result['jax'][row].update(compile_s=first.compile_s, compiles=first.compiles, first_call_s=first.wall_s)
+    if reference == 'torch':
+      result['speedup_vs_torch'][row] = result['jax'][row]['steps_per_s'] / result['torch'][row]['steps_per_s']
+
+  rows = [f'batch_{b}' for b in batches]
+  if len(rows) > 1:
+    result['batch_scaling'] = result['jax'][rows[-1]]['frames_per_s'] / result['jax'][rows[0]]['frames_per_s']
+  if rtf_frames:
+    result['rtf'] = _real_time_factor(model, config, sampling, rng, rtf_frames)
+  return result
+
+
+def _count_recompiles(model: SaxGPT, src: np.ndarray, steps: int) -> int:
+  """Compiles caused by new sampling settings and seeds after a first (compiling) call; expect 0."""
+  src = jax.device_put(src)
+  other_settings = [
+      (decode.SamplingParams.make(temperature=0.7, top_k=50, top_p=0.9), jax.random.key(1)),
+      (decode.SamplingParams.make(greedy=True), jax.random.key(2)),
+      (decode.SamplingParams.make(temperature=1.3, top_p=0.5), jax.random.key(3)),
+  ]
+  with compiles.watch() as log:
+    for sampling, rng in other_settings:
+      decode.generate(model, src, num_steps=steps, sampling=sampling, rng=rng).block_until_ready()
+  return log.compiles
+
+
+def _real_time_factor(model: SaxGPT, config: ml_collections.ConfigDict, sampling, rng,
+                      solo_frames: int) -> dict[str, float]:
+  """Wall time of one batch-1 generate of `solo_frames` frames (encode included; compiled beforehand)
+  over the audio's duration: < 1 is faster than real time. Shortened to what max_seq_len allows."""
+  model_cfg = model.cfg
+  k = model_cfg.num_codebooks
+  solo_frames = min(solo_frames, model_cfg.max_seq_len - k - 1)
+  backing_frames = min(config.data.seq_len, model_cfg.max_seq_len - k - 1)
+  src = random_batch(model_cfg, 1, backing_frames, seed=config.train.seed)['src']
+  generate, _ = _jax_runs(model, src, delayed_length(solo_frames, k) - 1, sampling, rng)
+  generate()  # compile
+  wall = _timed_once(generate)
+  audio_s = solo_frames / FRAME_RATE
+  return {'frames': solo_frames, 'audio_s': audio_s, 'wall_s': wall, 'rtf': wall / audio_s}
