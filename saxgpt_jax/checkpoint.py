@@ -15,6 +15,7 @@ target arrays, so a checkpoint saved on 8 devices restores on 1 (or on another m
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -71,18 +72,44 @@ def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def build_model(config: ml_collections.ConfigDict, *, seed: int = 0):
-  """SaxGPT with seeded random weights; logical sharding names stay metadata (no eager sharding)."""
+def _construct(model_cfg, seed: int):
   from saxgpt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
 
   with nnx.use_eager_sharding(False):
-    return model_lib.SaxGPT(model_lib.ModelConfig.from_config(config.model), rngs=nnx.Rngs(params=seed))
+    return model_lib.SaxGPT(model_cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))
+
+
+def model_config(config: ml_collections.ConfigDict):
+  """The frozen `model.ModelConfig` of `config.model`."""
+  from saxgpt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+
+  return model_lib.ModelConfig.from_config(config.model)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_state(model_cfg, seed):
+  return nnx.split(_construct(model_cfg, seed))[1]
 
 
 def abstract_model(config: ml_collections.ConfigDict):
   """(graphdef, abstract params nnx.State, rest nnx.State) of SaxGPT without allocating weights."""
-  model = nnx.eval_shape(lambda: build_model(config))
+  model = nnx.eval_shape(lambda: _construct(model_config(config), 0))
   return nnx.split(model, nnx.Param, ...)
+
+
+def build_model(config: ml_collections.ConfigDict, *, seed: int = 0):
+  """SaxGPT with seeded random weights, initialised in one compiled call (logical sharding names stay
+  metadata: no eager sharding)."""
+  model_cfg = model_config(config)
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: _construct(model_cfg, 0)))
+  return nnx.merge(graphdef, _init_state(model_cfg, seed))
+
+
+def non_param_state(config: ml_collections.ConfigDict, abstract_rest: nnx.State) -> nnx.State:
+  """Values of the model's non-parameter variables (buffers), computed without the parameters."""
+  if not jax.tree.leaves(abstract_rest):
+    return abstract_rest
+  return nnx.split(build_model(config), nnx.Param, ...)[2]
 
 
 def manager(directory: str | os.PathLike, *, keep_latest: int | None = None,
@@ -101,7 +128,8 @@ def manager(directory: str | os.PathLike, *, keep_latest: int | None = None,
   preservation = ocp.checkpoint_managers.AnyPreservationPolicy(policies) if policies else None
   options = ocp.CheckpointManagerOptions(
       create=not read_only, enable_async_checkpointing=async_save,
-      preservation_policy=preservation, cleanup_tmp_directories=not read_only)
+      preservation_policy=preservation, cleanup_tmp_directories=not read_only,
+      best_fn=lambda metrics: metrics[BEST_METRIC], best_mode='min')  # best_fn: orbax writes metrics
   return ocp.CheckpointManager(Path(directory).expanduser().resolve(), options=options)
 
 
@@ -181,8 +209,7 @@ def load_model(directory: str | os.PathLike, *, step: int | None = None, best: b
     shardings = sharding_lib.param_shardings(abstract_params, mesh)
   target = sharding_lib.abstract_with_shardings(nnx.to_pure_dict(abstract_params), shardings)
   params, _ = restore_params(directory, target, step=step, best=best)
-  rest = jax.tree.map(lambda x: jax.numpy.zeros(x.shape, x.dtype), rest)
-  return nnx.merge(graphdef, params, rest), config
+  return nnx.merge(graphdef, params, non_param_state(config, rest)), config
 
 
 def train_save_args(params: Any, train: Mapping[str, Any], data_iter=None,

@@ -29,6 +29,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ('vocab', 'tensor'),
     ('kv', None),
     ('codebooks', None),
+    ('norm', None),
 )
 
 
