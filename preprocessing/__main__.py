@@ -25,7 +25,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Preprocessing config file, e.g. configs/data/local.py (defaults: configs/data/base.py).',
+    'config', None, 'Preprocessing config file: configs/data/{youtube,local,filosax,synth}.py '
+    '(every key and its default is in configs/data/base.py).',
     lock_config=True)
 _BEAM = flags.DEFINE_string(
     'beam_pipeline_options', '',

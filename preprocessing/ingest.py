@@ -170,6 +170,12 @@ def download_audio(video: Video, downloads_dir: str | os.PathLike, *, socket_tim
     shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+def remove_partial_downloads(downloads_dir: str | os.PathLike) -> None:
+  """Deletes the temporary folders of downloads a killed run left behind."""
+  for path in Path(downloads_dir).glob('.*.tmp'):
+    shutil.rmtree(path, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------------------- files
 
 

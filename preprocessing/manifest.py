@@ -249,3 +249,15 @@ def merge_failures(tokens_dir: str | os.PathLike) -> list[dict[str, Any]]:
   failures.sort(key=lambda f: (str(f.get('item')), str(f.get('stage'))))
   atomic_write_bytes(tokens_dir / FAILURES_NAME, ''.join(json.dumps(f, sort_keys=True) + '\n' for f in failures).encode())
   return failures
+
+
+def remove_temporaries(tokens_dir: str | os.PathLike) -> int:
+  """Deletes temporary files a killed run left behind (atomic_write_bytes names them .<name>.*.tmp)."""
+  tokens_dir = Path(tokens_dir)
+  removed = 0
+  for folder in (tokens_dir, tokens_dir / CLIPS_DIR, tokens_dir / PARTS_DIR, tokens_dir / FAILURE_PARTS_DIR):
+    for path in folder.glob('.*.tmp'):
+      if path.is_file():
+        path.unlink(missing_ok=True)
+        removed += 1
+  return removed

@@ -24,7 +24,7 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -432,6 +432,9 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
   Path(cfg['output_dir']).mkdir(parents=True, exist_ok=True)
   check_output_dir(cfg)
   manifest.clear_failures(cfg['output_dir'])
+  if manifest.remove_temporaries(cfg['output_dir']):
+    _LOG.info('removed temporary files of an interrupted run in %s', cfg['output_dir'])
+  ingest.remove_partial_downloads(Path(cfg['work_dir']) / 'downloads')
   _ensure_importable_by_workers()
 
   p = beam.Pipeline(options=pipeline_options(cfg, beam_args))
