@@ -175,7 +175,9 @@ wait_until_active() {
   local state
   while state=$(slice_state) && [[ $state != ACTIVE ]]; do
     case $state in
-      FAILED | SUSPENDED | MISSING) die "queued resource $NAME is $state; delete it and create again" ;;
+      FAILED | SUSPENDED | MISSING)
+        echo "queued resource $NAME is $state; delete it and create again" >&2
+        return 1 ;;
     esac
     echo "queued resource $NAME: $state; waiting ${POLL_S}s" >&2
     sleep "$POLL_S"

@@ -480,27 +480,47 @@ def _render_solo(notes: list[Note], timeline: _Timeline, num_samples: int,
   return voice, sounding
 
 
-def synthesize_piece(seed: int, seconds: float, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray, dict]:
-  """Renders one piece: (backing float32 [T], solo float32 [T], info), T = round(seconds * sr)."""
-  if seconds <= 0:
-    raise ValueError(f'seconds must be positive, got {seconds}.')
+@dataclasses.dataclass(frozen=True)
+class PieceSettings:
+  key: int  # pitch class of the tonic, 0 = C
+  bpm: float
+  swing: float  # where the off-beat eighth falls in the beat (0.5 straight, 0.67 triplet swing)
+  progression: str  # a key of PROGRESSIONS
+  register: str  # 'alto' | 'tenor': the lead's range
+
+
+def _seed_sequence(seed: int) -> np.random.SeedSequence:
   if seed < 0:
     raise ValueError(f'seed must be a non-negative integer, got {seed}.')
-  if sr < 16000:
-    raise ValueError(f'sr must be at least 16000 Hz for the sax and ride partials, got {sr}.')
-  rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5A7]))
+  return np.random.SeedSequence([int(seed), 0x5A7])
+
+
+def piece_settings(seed: int) -> PieceSettings:
+  """The key, tempo, swing, progression and lead register a piece draws from its seed (cheap)."""
+  rng = np.random.default_rng(_seed_sequence(seed))
   key = int(rng.integers(12))
   bpm = float(rng.uniform(120, 200))
   swing = float(np.interp(bpm, [120, 200], [0.66, 0.58]) + rng.uniform(-0.02, 0.02))
   progression = str(rng.choice(sorted(PROGRESSIONS)))
   register = str(rng.choice(['alto', 'tenor']))
-  low = 50 if register == 'alto' else 45
+  return PieceSettings(key, bpm, swing, progression, register)
+
+
+def synthesize_piece(seed: int, seconds: float, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray, dict]:
+  """Renders one piece: (backing float32 [T], solo float32 [T], info), T = round(seconds * sr)."""
+  if seconds <= 0:
+    raise ValueError(f'seconds must be positive, got {seconds}.')
+  if sr < 16000:
+    raise ValueError(f'sr must be at least 16000 Hz for the sax and ride partials, got {sr}.')
+  settings = piece_settings(seed)
+  key, bpm, swing, progression = settings.key, settings.bpm, settings.swing, settings.progression
+  low = 50 if settings.register == 'alto' else 45
   high = low + 28
   num_samples = int(round(seconds * sr))
   timeline = _Timeline(bpm, sr)
   num_beats = int(np.ceil(seconds / timeline.sec_per_beat)) + 1
   chords = _chords(progression, key, num_beats)
-  score_rng, backing_rng, solo_rng = (np.random.default_rng(s) for s in rng.bit_generator.seed_seq.spawn(3))
+  score_rng, backing_rng, solo_rng = (np.random.default_rng(s) for s in _seed_sequence(seed).spawn(3))
   notes = _solo_score(chords, num_beats, swing, low, high, score_rng)
 
   backing = _render_backing(chords, num_beats, swing, timeline, num_samples, backing_rng)
@@ -521,7 +541,7 @@ def synthesize_piece(seed: int, seconds: float, sr: int = SAMPLE_RATE) -> tuple[
   info = {
       'seed': int(seed), 'sample_rate': sr, 'seconds': num_samples / sr,
       'key': ['C', 'Db', 'D', 'Eb', 'E', 'F', 'Gb', 'G', 'Ab', 'A', 'Bb', 'B'][key],
-      'bpm': round(bpm, 2), 'swing': round(swing, 3), 'progression': progression, 'register': register,
+      'bpm': round(bpm, 2), 'swing': round(swing, 3), 'progression': progression, 'register': settings.register,
       'chords': [{'start_s': in_seconds(c.start_beat), 'end_s': in_seconds(c.end_beat), 'root_midi': c.root,
                   'quality': c.quality, 'pitch_classes': list(c.pitch_classes)}
                  for c in chords if timeline.seconds(c.start_beat) < seconds],
@@ -606,16 +626,20 @@ def main(argv: list[str]) -> None:
   print(f'{len(dirs)} pieces in {f.out} (paired-stems layout: <recording_id>/backing.wav + solo.wav)')
 
 
-def _define_flags() -> None:
+def _define_flags(flag_values=None) -> None:
+  """Defines the CLI flags on `flag_values` (default: absl's global FLAGS)."""
   from absl import flags
 
+  fv = flags.FLAGS if flag_values is None else flag_values
   flags.DEFINE_string('out', None, 'Output folder; each piece goes to OUT/<recording_id>/backing.wav + solo.wav '
-                      '(+ info.json with key, tempo, chords and the solo notes).', required=True)
-  flags.DEFINE_integer('num_pieces', 8, 'Number of pieces (recordings) to synthesise.', lower_bound=1)
-  flags.DEFINE_float('seconds', 40.0, 'Length of each piece in seconds.', lower_bound=0.5)
-  flags.DEFINE_integer('seed', 0, 'Dataset seed (>= 0); piece i uses a seed derived from (seed, i). Same seed, same audio.',
-                       lower_bound=0)
-  flags.DEFINE_integer('sr', SAMPLE_RATE, 'Sample rate in Hz of the written WAVs.', lower_bound=16000)
+                      '(+ info.json with key, tempo, chords and the solo notes).', required=True, flag_values=fv)
+  flags.DEFINE_integer('num_pieces', 8, 'Number of pieces (recordings) to synthesise.', lower_bound=1,
+                       flag_values=fv)
+  flags.DEFINE_float('seconds', 40.0, 'Length of each piece in seconds.', lower_bound=0.5, flag_values=fv)
+  flags.DEFINE_integer('seed', 0, 'Dataset seed (>= 0); piece i uses a seed derived from (seed, i). '
+                       'Same seed, same audio.', lower_bound=0, flag_values=fv)
+  flags.DEFINE_integer('sr', SAMPLE_RATE, 'Sample rate in Hz of the written WAVs.', lower_bound=16000,
+                       flag_values=fv)
 
 
 if __name__ == '__main__':
