@@ -72,7 +72,8 @@ def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def _construct(model_cfg, seed: int):
+def construct_model(model_cfg, seed):
+  """SaxGPT(model_cfg) with params from `seed` (an int, traced or not), without eager sharding."""
   from saxgpt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
 
   with nnx.use_eager_sharding(False):
@@ -88,12 +89,12 @@ def model_config(config: ml_collections.ConfigDict):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init_state(model_cfg, seed):
-  return nnx.split(_construct(model_cfg, seed))[1]
+  return nnx.split(construct_model(model_cfg, seed))[1]
 
 
 def abstract_model(config: ml_collections.ConfigDict):
   """(graphdef, abstract params nnx.State, rest nnx.State) of SaxGPT without allocating weights."""
-  model = nnx.eval_shape(lambda: _construct(model_config(config), 0))
+  model = nnx.eval_shape(lambda: construct_model(model_config(config), 0))
   return nnx.split(model, nnx.Param, ...)
 
 
@@ -101,7 +102,7 @@ def build_model(config: ml_collections.ConfigDict, *, seed: int = 0):
   """SaxGPT with seeded random weights, initialised in one compiled call (logical sharding names stay
   metadata: no eager sharding)."""
   model_cfg = model_config(config)
-  graphdef = nnx.graphdef(nnx.eval_shape(lambda: _construct(model_cfg, 0)))
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: construct_model(model_cfg, 0)))
   return nnx.merge(graphdef, _init_state(model_cfg, seed))
 
 

@@ -1,0 +1,83 @@
+"""Training metrics to `WORKDIR/metrics.jsonl` and TensorBoard (tensorboardX), on process 0 only.
+
+Each jsonl line is one record: `{"step": int, "split": "train"|"validation"|"test", "time": unix s,
+<name>: float, ...}`. A resumed run appends, so a step can appear twice (the later line wins).
+TensorBoard scalars are named `<split>/<name>` under `WORKDIR/tensorboard`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+
+METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
+
+
+class MetricsWriter:
+  """Appends metric records; does nothing on processes other than 0."""
+
+  def __init__(self, workdir: str | os.PathLike, *, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.path = Path(workdir) / METRICS_FILE
+    self._file = None
+    self._tensorboard = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      self._file = open(self.path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+      self._tensorboard = SummaryWriter(logdir=str(Path(workdir) / TENSORBOARD_DIR))
+
+  def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    """One record; NaN/inf are written as JSON null."""
+    if not self.enabled:
+      return
+    values = {name: float(value) for name, value in metrics.items()}
+    record = {'step': int(step), 'split': split, 'time': time.time()}
+    record.update({name: value if math.isfinite(value) else None for name, value in values.items()})
+    self._file.write(json.dumps(record) + '\n')
+    self._file.flush()
+    for name, value in values.items():
+      self._tensorboard.add_scalar(f'{split}/{name}', value, int(step))
+
+  def write_text(self, tag: str, text: str) -> None:
+    if self.enabled:
+      self._tensorboard.add_text(tag, text)
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._file.flush()
+      self._tensorboard.flush()
+
+  def close(self) -> None:
+    if self.enabled and self._file is not None:
+      self._file.close()
+      self._tensorboard.close()
+      self._file = None
+
+  def __enter__(self) -> 'MetricsWriter':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> dict[int, dict]:
+  """step -> the last record of that step (optionally of one split) from `WORKDIR/metrics.jsonl`."""
+  records: dict[int, dict] = {}
+  path = Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return records
+  for line in path.read_text(encoding='utf-8').splitlines():
+    if line.strip():
+      record = json.loads(line)
+      if split is None or record['split'] == split:
+        records[record['step']] = record
+  return records

@@ -1,0 +1,405 @@
+r"""Train SaxGPT on a (data, fsdp, tensor) device mesh, with orbax checkpoints that survive preemption.
+
+    python -m saxgpt_jax.train --config=configs/large.py --workdir=DIR [--config.train.num_steps=...]
+
+Every host of a pod or cluster runs the same command. Running it again with the same --workdir resumes
+from the latest checkpoint (parameters, optimizer, step, RNG and the input pipeline position), so the
+next batch is the one an uninterrupted run would have seen. `--config.init_from=DIR` starts from the
+parameters of a converted or earlier checkpoint instead of random ones (ignored when DIR already holds
+checkpoints). On SIGTERM (or a JAX preemption notice on multi-host runs) it saves, waits and exits 0.
+
+Writes DIR/checkpoints/ (orbax, + config.json), DIR/metrics.jsonl and DIR/tensorboard/.
+Multi-process CPU/GPU without a cluster manager: pass --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I on every process (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+JAX_PROCESS_ID); TPU pods and SLURM are detected automatically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from saxgpt_jax import checkpoint
+from saxgpt_jax import flops
+from saxgpt_jax import losses
+from saxgpt_jax import metrics_log
+from saxgpt_jax import sharding as sharding_lib
+from saxgpt_jax import train_state
+
+VALIDATION_SPLIT = 'validation'
+TEST_SPLIT = 'test'
+
+
+class ConfigError(ValueError):
+  """The config cannot work; the message lists every problem and how to fix it."""
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+IteratorFactory = Callable[..., Iterator[Mapping[str, np.ndarray]]]
+
+
+def _default_iterator_factory(config, split, **kwargs):
+  from saxgpt_jax import data  # pylint: disable=g-import-not-at-top
+
+  return data.make_iterator(config, split, **kwargs)
+
+
+# --- Validation -------------------------------------------------------------------------------------
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int, *, check_dataset: bool = True,
+                    process_count: int = 1) -> tuple[int, int, int]:
+  """Raises ConfigError naming every problem found before anything compiles; returns the mesh shape."""
+  problems = []
+  try:
+    checkpoint.model_config(config)
+  except ValueError as e:
+    problems.append(str(e))
+  try:
+    shape = sharding_lib.mesh_shape(config.mesh, num_devices)
+  except sharding_lib.MeshError as e:
+    problems.append(str(e))
+    shape = None
+  train, k = config.train, config.model.num_codebooks
+  if train.num_microbatches < 1:
+    problems.append(f'train.num_microbatches={train.num_microbatches} must be >= 1')
+  elif shape is not None:
+    shards = shape[0] * shape[1]
+    if train.global_batch_size % (shards * train.num_microbatches):
+      problems.append(
+          f'train.global_batch_size={train.global_batch_size} is not divisible by mesh.data*mesh.fsdp '
+          f'({shards}) x train.num_microbatches ({train.num_microbatches}); use a multiple of '
+          f'{shards * train.num_microbatches}')
+  if train.global_batch_size % process_count:
+    problems.append(f'train.global_batch_size={train.global_batch_size} is not divisible by the '
+                    f'{process_count} processes')
+  length = config.data.seq_len + k + 1
+  if length > config.model.max_seq_len:
+    problems.append(
+        f'data.seq_len + K + 1 = {config.data.seq_len} + {k} + 1 = {length} delayed positions exceed '
+        f'model.max_seq_len={config.model.max_seq_len}; lower data.seq_len or raise model.max_seq_len')
+  if train.num_steps < 1:
+    problems.append(f'train.num_steps={train.num_steps} must be >= 1')
+  for name in ('log_every', 'eval_every', 'checkpoint_every'):
+    if train[name] < 1:
+      problems.append(f'train.{name}={train[name]} must be >= 1')
+  if train.keep_latest < 1:
+    problems.append(f'train.keep_latest={train.keep_latest} must be >= 1 (resuming needs the latest)')
+  if check_dataset:
+    root = Path(config.data.data_dir).expanduser() / config.data.name
+    if not any(root.glob('*/dataset_info.json')):
+      problems.append(
+          f'no TFDS dataset {config.data.name!r} under data.data_dir={config.data.data_dir!r} '
+          f'(no {root}/<version>/dataset_info.json); build it with `python -m preprocessing.build_tfds '
+          f'--tokens_dir=TOKENS --data_dir={config.data.data_dir}` or set --config.data.data_dir')
+  if config.init_from and not (checkpoint.checkpoint_dir(config.init_from) / checkpoint.CONFIG_FILE).exists():
+    problems.append(f'init_from={config.init_from!r} holds no checkpoint (no config.json); pass a directory '
+                    'written by convert_torch / save_params or a training workdir')
+  if problems:
+    raise ConfigError('invalid config:\n  - ' + '\n  - '.join(problems))
+  return shape
+
+
+def _check_init_from_matches(config: ml_collections.ConfigDict, source: ml_collections.ConfigDict) -> None:
+  ours, theirs = config.model.to_dict(), source.model.to_dict()
+  shape_keys = ('num_codebooks', 'codebook_size', 'padding_idx', 'd_model', 'num_heads', 'num_encoder_layers',
+                'num_decoder_layers', 'dim_feedforward', 'norm_first', 'max_seq_len')
+  different = {key: (theirs.get(key), ours.get(key)) for key in shape_keys if theirs.get(key) != ours.get(key)}
+  if different:
+    raise ConfigError(f'init_from={config.init_from!r} has a different model (checkpoint, config): {different}; '
+                      'pass the matching --config or --config.model.* values')
+
+
+# --- Multi-host -------------------------------------------------------------------------------------
+
+
+def maybe_initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                                 process_id: int | None = None) -> bool:
+  """Calls jax.distributed.initialize() when the flags, the environment or a cluster say so.
+
+  Explicit: coordinator/num_processes/process_id (flags or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+  JAX_PROCESS_ID). Automatic: TPU pods (more than one worker) and SLURM jobs with more than one task.
+  CPU processes talk over gloo. Returns whether it initialized.
+  """
+  env = os.environ
+  coordinator_address = coordinator_address or env.get('JAX_COORDINATOR_ADDRESS') or None
+  if num_processes is None and env.get('JAX_NUM_PROCESSES'):
+    num_processes = int(env['JAX_NUM_PROCESSES'])
+  if process_id is None and env.get('JAX_PROCESS_ID'):
+    process_id = int(env['JAX_PROCESS_ID'])
+  tpu_pod = len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1
+  slurm = int(env.get('SLURM_NTASKS', '1') or 1) > 1 and 'SLURM_JOB_ID' in env
+  explicit = coordinator_address is not None or (num_processes or 1) > 1
+  if not (explicit or tpu_pod or slurm):
+    return False
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if explicit:
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id)
+  else:
+    jax.distributed.initialize()
+  return True
+
+
+# --- Loop pieces -----------------------------------------------------------------------------------
+
+
+def _fetch(tree) -> Any:
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def evaluate(trainer: train_state.Trainer, params, batches: Iterator[Mapping[str, np.ndarray]],
+             max_batches: int = 0) -> dict[str, float]:
+  """Loss, accuracy and perplexity (overall and per codebook) over up to `max_batches` (0 = all)."""
+  total = None
+  for index, local_batch in enumerate(batches):
+    if max_batches and index >= max_batches:
+      break
+    stats = trainer.eval_step(params, sharding_lib.global_batch(local_batch, trainer.mesh))
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+  if total is None:
+    raise ConfigError('the evaluation split gave no batches; check the dataset splits')
+  return losses.summarize(_fetch(total))
+
+
+class _Preemption:
+  """Set by SIGTERM (single process) or JAX's multi-host preemption sync point."""
+
+  def __init__(self, mngr):
+    self._mngr = mngr
+    self._event = threading.Event()
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+
+  def reached(self, step: int) -> bool:
+    return self._event.is_set() or self._mngr.reached_preemption(step)
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+class _TrainWindow:
+  """Per-step metrics of the steps since the last log line, fetched one step late (no pipeline stall)."""
+
+  def __init__(self):
+    self.stats, self.grad_norms, self.steps, self.learning_rate = None, [], 0, 0.0
+    self.start = time.perf_counter()
+
+  def add(self, step: int, metrics) -> dict[str, float]:
+    metrics = _fetch(metrics)
+    loss = float(losses.summarize(metrics['stats'])['loss'])
+    grad_norm = float(metrics['grad_norm'])
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+      raise TrainingDivergedError(
+          f'non-finite training loss {loss} / gradient norm {grad_norm} at step {step}: stopping. The last good '
+          'checkpoint is kept; lower train.learning_rate, raise train.warmup_steps, or use model.dtype=float32 '
+          'and resume from it')
+    self.stats = metrics['stats'] if self.stats is None else jax.tree.map(np.add, self.stats, metrics['stats'])
+    self.grad_norms.append(grad_norm)
+    self.learning_rate = float(metrics['learning_rate'])
+    self.steps += 1
+    return {'loss': loss}
+
+  def summary(self, trainer: train_state.Trainer, step_flops: float, peak: float | None) -> dict[str, float]:
+    elapsed = time.perf_counter() - self.start
+    config = trainer.config
+    step_time = elapsed / max(self.steps, 1)
+    out = {name: value for name, value in losses.summarize(self.stats).items()}
+    out.update(learning_rate=self.learning_rate, grad_norm=float(np.mean(self.grad_norms)), step_time_s=step_time,
+               frames_per_s=config.train.global_batch_size * config.data.seq_len / step_time)
+    if peak:
+      out['mfu'] = flops.mfu(step_flops, step_time, peak, trainer.mesh.size)
+    return out
+
+
+def _startup_report(trainer, compile_s: float, workdir, start_step: int, source: str) -> str:
+  mesh = dict(trainer.mesh.shape)
+  lines = [
+      f'workdir {workdir}: {source}; step {start_step} of {trainer.config.train.num_steps}',
+      f'processes {jax.process_count()}, devices {jax.device_count()} ({jax.devices()[0].device_kind}), mesh {mesh}',
+      f'parameters {train_state.param_count(trainer):,}; params + optimizer state per device '
+      f'{train_state.state_bytes_per_device(trainer) / 2**20:.1f} MiB',
+      f'global batch {trainer.config.train.global_batch_size} x {trainer.config.train.num_microbatches} '
+      f'microbatch(es), {trainer.config.data.seq_len} frames; model dtype {trainer.config.model.dtype}',
+      f'train step compiled in {compile_s:.1f} s',
+  ]
+  return '\n'.join(lines)
+
+
+# --- Main entry ------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+                       devices: Sequence[jax.Device] | None = None,
+                       iterator_factory: IteratorFactory | None = None) -> dict[str, float]:
+  """Trains to config.train.num_steps (resuming from `workdir`), evaluating and checkpointing on the way.
+
+  Args:
+    config: the full ConfigDict (configs/base.py).
+    workdir: checkpoints/, metrics.jsonl and tensorboard/ go here; an existing run there resumes.
+    devices: devices of the mesh (default all); a subset lets tests compare meshes in one process.
+    iterator_factory: `(config, split, *, process_index, process_count, shuffle, num_epochs) -> iterator`
+      (default `saxgpt_jax.data.make_iterator`).
+  Returns:
+    The last metrics: train, validation ('val_*') and test ('test_*') summaries (empty on preemption).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  validate_config(config, len(devices), check_dataset=iterator_factory is None, process_count=jax.process_count())
+  iterator_factory = iterator_factory or _default_iterator_factory
+  workdir = Path(workdir).expanduser().resolve()
+  is_main = jax.process_index() == 0
+  train_cfg = config.train
+  mesh = sharding_lib.make_mesh(config.mesh, devices)
+  trainer = train_state.make_trainer(config, mesh)
+
+  ckpt_dir = workdir / checkpoint.CHECKPOINT_SUBDIR
+  mngr = checkpoint.manager(ckpt_dir, keep_latest=train_cfg.keep_latest, keep_best=train_cfg.keep_best)
+  checkpoint.write_config(ckpt_dir, config)
+  shard = {'process_index': jax.process_index(), 'process_count': jax.process_count()}
+  train_iter = iterator_factory(config, 'train', **shard)
+
+  latest = mngr.latest_step()
+  if latest is not None:
+    abstract = trainer.abstract_sharded_state()
+    restored = mngr.restore(latest, args=checkpoint.train_restore_args(
+        abstract.params, abstract.checkpoint_items(), train_iter))
+    state = train_state.TrainState(params=restored[checkpoint.PARAMS_ITEM], **restored[checkpoint.TRAIN_ITEM])
+    source = f'resumed from checkpoint {latest}'
+  else:
+    state = trainer.init(train_cfg.seed)
+    source = 'random init'
+    if config.init_from:
+      _check_init_from_matches(config, checkpoint.read_config(config.init_from))
+      params, init_step = checkpoint.restore_params(config.init_from, trainer.abstract_sharded_state().params)
+      state = state.replace(params=params)
+      source = f'parameters from {config.init_from} (step {init_step})'
+  start_step = int(state.step)
+
+  start = time.perf_counter()
+  train_step = trainer.train_step.lower(trainer.abstract_sharded_state(), trainer.abstract_batch).compile()
+  compile_s = time.perf_counter() - start
+  report = _startup_report(trainer, compile_s, workdir, start_step, source)
+  if is_main:
+    print(report, flush=True)
+  step_flops = flops.train_flops_per_step(config.model, train_cfg.global_batch_size, config.data.seq_len + config.model.num_codebooks + 1,
+                                          config.data.seq_len + config.model.num_codebooks)
+  peak = flops.peak_flops_per_device(devices[0])
+
+  def run_eval(split: str, params) -> dict[str, float]:
+    batches = iterator_factory(config, split, shuffle=False, num_epochs=1, **shard)
+    return evaluate(trainer, params, batches, train_cfg.eval_batches)
+
+  writer = metrics_log.MetricsWriter(workdir, enabled=is_main)
+  writer.write_text('startup', report.replace('\n', '  \n'))
+  preemption = _Preemption(mngr)
+  progress = tqdm(total=train_cfg.num_steps, initial=start_step, desc='train', disable=not is_main,
+                  dynamic_ncols=True)
+  window, pending, last = _TrainWindow(), None, {}
+  step = start_step
+  try:
+    while step < train_cfg.num_steps:
+      if preemption.reached(step):
+        if pending is not None:
+          window.add(*pending)
+        mngr.save(step, args=checkpoint.train_save_args(state.params, state.checkpoint_items(), train_iter),
+                  force=True)
+        mngr.wait_until_finished()
+        if is_main:
+          logging.warning('preempted: saved checkpoint %d in %s; exiting so the run can resume', step, ckpt_dir)
+        return {}
+      batch = sharding_lib.global_batch(next(train_iter), mesh)
+      state, metrics = train_step(state, batch)
+      step += 1
+      if pending is not None:  # the previous step's metrics: ready by now, so no stall
+        progress.set_postfix(window.add(*pending), refresh=False)
+      pending = (step, metrics)
+      progress.update(1)
+
+      is_eval = step % train_cfg.eval_every == 0 or step == train_cfg.num_steps
+      is_save = is_eval or step % train_cfg.checkpoint_every == 0
+      if step % train_cfg.log_every == 0 or is_save:
+        window.add(*pending)  # checks the loss of `step` before anything is saved
+        pending = None
+        last = window.summary(trainer, step_flops, peak)
+        writer.write(step, 'train', last)
+        progress.set_postfix(loss=f'{last["loss"]:.4f}', frames_s=f'{last["frames_per_s"]:.0f}', refresh=False)
+        window = _TrainWindow()
+      val = None
+      if is_eval:
+        val = run_eval(VALIDATION_SPLIT, state.params)
+        writer.write(step, VALIDATION_SPLIT, val)
+        last.update({f'val_{name}': value for name, value in val.items()})
+        if is_main:
+          progress.write(f'step {step}: validation loss {val["loss"]:.4f} accuracy {val["accuracy"]:.4f} '
+                         f'perplexity {val["perplexity"]:.2f}')
+      if is_save:
+        mngr.save(step, args=checkpoint.train_save_args(state.params, state.checkpoint_items(), train_iter),
+                  metrics=None if val is None else {checkpoint.BEST_METRIC: val['loss']}, force=True)
+      window.start = time.perf_counter() if (is_eval or is_save) else window.start
+    if pending is not None:
+      window.add(*pending)
+    test = run_eval(TEST_SPLIT, state.params)
+    writer.write(step, TEST_SPLIT, test)
+    last.update({f'test_{name}': value for name, value in test.items()})
+    if is_main:
+      progress.write(f'test: loss {test["loss"]:.4f} accuracy {test["accuracy"]:.4f} perplexity {test["perplexity"]:.2f}')
+    return last
+  finally:
+    progress.close()
+    preemption.close()
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+
+
+# --- Command line ----------------------------------------------------------------------------------
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file, e.g. configs/large.py; '
+                                          'override values with --config.train.num_steps=...', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints/, metrics.jsonl, tensorboard/. '
+                               'An existing run there resumes.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process without a cluster manager: '
+                                   'HOST:PORT of process 0 (or env JAX_COORDINATOR_ADDRESS).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (or env JAX_NUM_PROCESSES).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (0-based; or env JAX_PROCESS_ID).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}; use --flag=value')
+  maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if jax.process_index() != 0 or not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, tfds) drowns the progress bar
+  try:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ConfigError, TrainingDivergedError, checkpoint.CheckpointError) as e:
+    logging.error('%s', e)
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)
