@@ -164,12 +164,11 @@ def load_into(model: model_lib.SaxGPT, state: dict[str, np.ndarray]) -> model_li
         f'norm_first={cfg.norm_first}):\n  ' + '\n  '.join(parts))
   import jax.numpy as jnp
 
+  assign += [(lambda m: m.embed, np.stack(tables)), (lambda m: m.head_w, np.stack([w.T for w in head_w])),
+             (lambda m: m.head_b, np.stack(head_b))]
   for getter, value in assign:
     param = getter(model)
-    param.value = jnp.asarray(value, param.value.dtype)
-  model.embed.value = jnp.asarray(np.stack(tables), model.embed.value.dtype)
-  model.head_w.value = jnp.asarray(np.stack([w.T for w in head_w]), model.head_w.value.dtype)
-  model.head_b.value = jnp.asarray(np.stack(head_b), model.head_b.value.dtype)
+    param.set_value(jnp.asarray(value, param.get_value().dtype))
   return model
 
 

@@ -1,0 +1,154 @@
+"""Autoregressive generation: encode the backing once, then one `lax.scan` of cached decode steps.
+
+The whole loop is one XLA program (one jit). Sampling settings and the RNG are traced arrays, so changing
+temperature, top-k, top-p, greedy or the seed never recompiles; only the number of steps, the batch
+shape and `num_samples` are static.
+
+Delay-pattern rules (as the original): position 0 is the start token (padding_idx) in every codebook;
+at output position p, codebook k is forced to padding while p <= k.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax import struct
+
+from saxgpt_jax.model import SaxGPT
+
+Array = jax.Array
+
+
+@struct.dataclass
+class SamplingParams:
+  """Per-call sampling settings, all arrays (never static). Combine freely: top-k, then top-p, then
+  temperature; `greedy` (or temperature 0) takes the argmax."""
+  temperature: Array  # f32 []
+  top_k: Array  # i32 [], 0 = off
+  top_p: Array  # f32 [], 0 or >= 1 = off
+  greedy: Array  # bool []
+
+  @classmethod
+  def make(cls, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0, greedy: bool = False):
+    if temperature < 0:
+      raise ValueError(f'temperature must be >= 0, got {temperature}.')
+    if top_k < 0:
+      raise ValueError(f'top_k must be >= 0 (0 = off), got {top_k}.')
+    if not 0.0 <= top_p <= 1.0:
+      raise ValueError(f'top_p must be in [0, 1] (0 = off), got {top_p}.')
+    return cls(jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), jnp.bool_(greedy or temperature == 0))
+
+  def next_tokens(self, logits_nv: Array, rng: Array) -> Array:
+    """Sample one code per row: logits float [R, V], one key -> int32 [R]."""
+    logits = logits_nv.astype(jnp.float32)
+    greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    vocab = logits.shape[-1]
+
+    def filtered(lg):
+      """Top-k and top-p in sorted space; the best code always survives."""
+      order = jnp.argsort(-lg, axis=-1)
+      sorted_lg = jnp.take_along_axis(lg, order, axis=-1)
+      rank = jnp.arange(vocab)
+      keep = (self.top_k <= 0) | (rank < self.top_k)
+      sorted_lg = jnp.where(keep, sorted_lg, -jnp.inf)
+      probs = jax.nn.softmax(sorted_lg / jnp.maximum(self.temperature, 1e-6), axis=-1)
+      before = jnp.cumsum(probs, axis=-1) - probs  # probability mass ranked above each code
+      use_p = (self.top_p > 0) & (self.top_p < 1)
+      keep = keep & (~use_p | (before < self.top_p) | (rank == 0))
+      masked = jnp.where(keep, sorted_lg, -jnp.inf)
+      inverse = jnp.argsort(order, axis=-1)
+      return jnp.take_along_axis(masked, inverse, axis=-1)
+
+    needs_filter = (self.top_k > 0) | ((self.top_p > 0) & (self.top_p < 1))
+    logits_f = jax.lax.cond(needs_filter, filtered, lambda lg: lg, logits)
+    sampled = jax.random.categorical(rng, logits_f / jnp.maximum(self.temperature, 1e-6), axis=-1)
+    return jnp.where(self.greedy, greedy_tokens, sampled.astype(jnp.int32))
+
+
+@struct.dataclass
+class LoopState:
+  """The scan carry of the decode loop. R = B * num_samples rows."""
+  tokens: Array  # int32 [R, K] — tokens at `position`, fed to the next step
+  position: Array  # int32 [] — position of `tokens`
+  cache: Any  # the step function's cache, e.g. DecodeCache: self K/V [L, R, T_max, N, H], cross K/V
+
+
+def _force_delay_padding(tokens_rk: Array, position: Array, padding_idx: int) -> Array:
+  """Codebook k is padding while position <= k (the delay pattern's leading pads)."""
+  k = jnp.arange(tokens_rk.shape[-1])
+  return jnp.where(position <= k, padding_idx, tokens_rk)
+
+
+def row_keys(rng: Array, batch: int, num_samples: int) -> Array:
+  """One RNG stream per (input, sample): fold_in(fold_in(rng, b), s) -> keys [B * num_samples]."""
+  keys = [jax.random.fold_in(jax.random.fold_in(rng, b), s) for b in range(batch) for s in range(num_samples)]
+  return jnp.stack(keys)
+
+
+def sample_loop(step_fn: Callable, cache: Any, keys_r: Array, sampling: SamplingParams, *, num_codebooks: int,
+                num_steps: int, padding_idx: int, prompt: Array | None = None) -> Array:
+  """The decode loop as one lax.scan, for any `step_fn(tokens [R,K], position, cache) -> (logits [R,K,V], cache)`.
+
+  Starts from the start token at position 0; prompt int [R, K, P] (position 0 included) is reproduced
+  exactly. Returns int32 [R, K, num_steps + 1].
+  """
+  rows = keys_r.shape[0]
+  start = jnp.full((rows, num_codebooks), padding_idx, jnp.int32)
+
+  def step(carry: LoopState, _):
+    logits, cache = step_fn(carry.tokens, carry.position, carry.cache)  # [R, K, V]
+    nxt_pos = carry.position + 1
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, nxt_pos))(keys_r)
+    sampled = jax.vmap(sampling.next_tokens)(logits, step_keys)  # [R, K]
+    nxt = _force_delay_padding(sampled, nxt_pos, padding_idx)
+    if prompt is not None:  # teacher-force the prompt's positions
+      p_len = prompt.shape[-1]
+      forced = jax.lax.dynamic_index_in_dim(prompt, jnp.minimum(nxt_pos, p_len - 1), axis=2, keepdims=False)
+      nxt = jnp.where(nxt_pos < p_len, forced, nxt)
+    return LoopState(tokens=nxt, position=nxt_pos, cache=cache), nxt
+
+  init = LoopState(tokens=start, position=jnp.int32(0), cache=cache)
+  _, out = jax.lax.scan(step, init, None, length=num_steps)  # [num_steps, R, K]
+  return jnp.concatenate([start[None], out], axis=0).transpose(1, 2, 0)
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'num_steps', 'num_samples'))
+def _generate(graphdef, state, src, src_mask, prompt, sampling: SamplingParams, rng, *, num_steps, num_samples):
+  model: SaxGPT = nnx.merge(graphdef, state)
+  cfg = model.cfg
+  b = src.shape[0]
+  memory = model.encode(src, src_mask)  # once per input, not per sample
+  rep = lambda x: None if x is None else jnp.repeat(x, num_samples, axis=0)
+  cache = model.init_cache(rep(memory), rep(src_mask), max_len=num_steps)
+  stream = sample_loop(model.decode_step, cache, row_keys(rng, b, num_samples), sampling,
+                       num_codebooks=cfg.num_codebooks, num_steps=num_steps, padding_idx=cfg.padding_idx,
+                       prompt=rep(prompt))
+  return stream.reshape(b, num_samples, cfg.num_codebooks, num_steps + 1)
+
+
+def generate(model: SaxGPT, src: Array, *, num_steps: int, sampling: SamplingParams, rng: Array,
+             num_samples: int = 1, src_mask: Array | None = None, prompt: Array | None = None) -> Array:
+  """Generate `num_steps` positions after the start token.
+
+  src: int [B, K, S] delayed backing; src_mask: bool [B, S] (True = real frame) or None;
+  prompt: int [B, K, P] — the first P positions of the delayed solo stream (position 0 the start token),
+  reproduced exactly before sampling begins (sliding-window continuation).
+  Returns int32 [B, num_samples, K, num_steps + 1] delayed streams, start token at position 0.
+  """
+  cfg = model.cfg
+  if num_steps < 1:
+    raise ValueError(f'num_steps must be >= 1, got {num_steps}.')
+  if num_steps > cfg.max_seq_len:
+    raise ValueError(f'num_steps={num_steps} exceeds model.max_seq_len={cfg.max_seq_len}; '
+                     'generate long solos window by window (saxgpt_jax.generate does this).')
+  if prompt is not None and (prompt.ndim != 3 or prompt.shape[:2] != src.shape[:2]):
+    raise ValueError(f'prompt must be [B, K, P] with B, K of src {src.shape[:2]}, got {prompt.shape}.')
+  graphdef, state = nnx.split(model)
+  src = jnp.asarray(src, jnp.int32)
+  prompt = None if prompt is None else jnp.asarray(prompt, jnp.int32)
+  return _generate(graphdef, state, src, src_mask, prompt, sampling, rng, num_steps=num_steps,
+                   num_samples=num_samples)

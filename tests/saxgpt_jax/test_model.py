@@ -1,0 +1,145 @@
+"""The JAX model computes what the original PyTorch SaxGPT computes (fixtures + random configs)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from saxgpt_jax import convert_torch
+from saxgpt_jax import model as model_lib
+
+
+def rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope='module')
+def fixture_models(parity_dirs):
+  return {d.name: (convert_torch.load_torch_checkpoint(str(d / 'checkpoint.pt')), np.load(d / 'reference.npz'))
+          for d in parity_dirs}
+
+
+def test_fixture_memory_and_logits_match(fixture_models):
+  for name, (model, ref) in fixture_models.items():
+    memory = model.encode(jnp.asarray(ref['src']))
+    logits = model(jnp.asarray(ref['src']), jnp.asarray(ref['tgt_in']))
+    assert logits.shape == ref['logits'].shape, name
+    assert rel_err(memory, ref['memory']) <= 1e-5, name
+    assert rel_err(logits, ref['logits']) <= 1e-5, name
+
+
+TORCH_CONFIGS = [
+    dict(d_model=48, nhead=3, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=80,
+         activation='gelu', norm_first=True, scale_embeddings=False),
+    dict(d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=1, dim_feedforward=64,
+         activation='relu', norm_first=False, scale_embeddings=True),
+]
+
+
+@pytest.mark.parametrize('arch', TORCH_CONFIGS, ids=['prenorm-gelu-noscale', 'postnorm-relu-scale'])
+def test_random_torch_models_match_with_padding_mask(arch):
+  """Sizes, activations and norm placements beyond the fixtures, with a key-padding mask on the backing."""
+  torch = pytest.importorskip('torch')
+  from saxgpt_jax.bench import torch_reference
+
+  torch_cfg = dict(vocab_size=2049, num_codebooks=4, max_seq_len=40, padding_idx=2048, dropout=0.1, **arch)
+  torch.manual_seed(0)
+  ref = torch_reference.SaxGPTTorch(torch_cfg).eval()
+  jax_model = convert_torch.load_into(
+      model_lib.SaxGPT(convert_torch.model_config_from_torch(torch_cfg), rngs=nnx.Rngs(params=1)),
+      {k: v.numpy() for k, v in ref.state_dict().items()})
+  rng = np.random.default_rng(0)
+  src = rng.integers(0, 2049, (2, 4, 20))
+  tgt = rng.integers(0, 2049, (2, 4, 12))
+  mask = np.ones((2, 20), bool)
+  mask[1, 14:] = False
+  with torch.no_grad():
+    expected = ref(torch.as_tensor(src), torch.as_tensor(tgt), torch.as_tensor(mask)).numpy()
+  got = jax_model(jnp.asarray(src), jnp.asarray(tgt), jnp.asarray(mask))
+  assert rel_err(got, expected) <= 1e-5
+
+
+def tiny_model(**overrides):
+  kwargs = dict(d_model=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=64,
+                max_seq_len=24, dtype='float32')
+  cfg = model_lib.ModelConfig(**{**kwargs, **overrides})
+  return model_lib.SaxGPT(cfg, rngs=nnx.Rngs(params=0))
+
+
+def test_padding_mask_hides_padded_backing_frames():
+  model = tiny_model()
+  rng = np.random.default_rng(1)
+  src = rng.integers(0, 2048, (1, 4, 16))
+  tgt = rng.integers(0, 2048, (1, 4, 8))
+  mask = np.arange(16)[None] < 10
+  other = src.copy()
+  other[:, :, 10:] = rng.integers(0, 2048, (1, 4, 6))
+  a = model(jnp.asarray(src), jnp.asarray(tgt), jnp.asarray(mask))
+  b = model(jnp.asarray(other), jnp.asarray(tgt), jnp.asarray(mask))
+  np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  c = model(jnp.asarray(other), jnp.asarray(tgt))  # without the mask the padded frames matter
+  assert not np.allclose(a, c, atol=1e-4)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  model = tiny_model()
+  bf16 = nnx.merge(*nnx.split(tiny_model(dtype='bfloat16')))
+  nnx.update(bf16, nnx.state(model, nnx.Param))
+  for leaf in jax.tree.leaves(nnx.state(bf16, nnx.Param)):
+    assert leaf.dtype == jnp.float32
+  rng = np.random.default_rng(2)
+  src, tgt = jnp.asarray(rng.integers(0, 2048, (2, 4, 16))), jnp.asarray(rng.integers(0, 2048, (2, 4, 8)))
+  lo, hi = bf16(src, tgt), model(src, tgt)
+  assert lo.dtype == jnp.float32
+  assert 0 < rel_err(lo, hi) < 0.05  # bf16 matmuls: close, not identical
+
+
+def test_dropout_only_in_training_and_seeded():
+  model = tiny_model(dropout=0.5)
+  src, tgt = jnp.zeros((1, 4, 8), jnp.int32), jnp.ones((1, 4, 8), jnp.int32)
+  eval_out = model(src, tgt)
+  np.testing.assert_array_equal(eval_out, model(src, tgt))
+  t1 = model(src, tgt, deterministic=False, rngs=nnx.Rngs(dropout=3))
+  t2 = model(src, tgt, deterministic=False, rngs=nnx.Rngs(dropout=3))
+  t3 = model(src, tgt, deterministic=False, rngs=nnx.Rngs(dropout=4))
+  np.testing.assert_array_equal(t1, t2)
+  assert not np.allclose(t1, t3) and not np.allclose(t1, eval_out)
+
+
+def test_every_param_has_logical_axis_names():
+  model = tiny_model()
+  specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
+  flat = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  params = jax.tree.leaves(nnx.state(model, nnx.Param))
+  assert len(flat) == len(params)
+  for spec, p in zip(flat, params):
+    assert len(spec) == p.ndim
+
+
+def test_bad_config_and_shapes_are_named():
+  with pytest.raises(ValueError, match='does not divide'):
+    model_lib.ModelConfig(d_model=30, num_heads=4)
+  with pytest.raises(ValueError, match='unknown model config keys'):
+    model_lib.ModelConfig.from_config({'d_model': 32, 'nheads': 2})
+  model = tiny_model()
+  with pytest.raises(ValueError, match='max_seq_len'):
+    model(jnp.zeros((1, 4, 30), jnp.int32), jnp.zeros((1, 4, 4), jnp.int32))
+  with pytest.raises(ValueError, match=r'int \[B, 4, length\]'):
+    model(jnp.zeros((1, 3, 10), jnp.int32), jnp.zeros((1, 4, 4), jnp.int32))
+
+
+def test_param_count_matches_presets():
+  """The presets have the sizes of the original (issue table), counted without allocating weights."""
+  import importlib
+
+  expected = {'xsmall': 4e6, 'small': 15e6, 'medium': 31e6, 'large': 67e6, 'xlarge': 210e6}
+  for name, approx in expected.items():
+    config = importlib.import_module(f'configs.{name}').get_config()
+    abstract = nnx.eval_shape(lambda: model_lib.SaxGPT(model_lib.ModelConfig.from_config(config.model),
+                                                       rngs=nnx.Rngs(params=0)))
+    n = model_lib.count_params(abstract)
+    assert abs(n - approx) / approx < 0.1, (name, n)
