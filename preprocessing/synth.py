@@ -81,7 +81,7 @@ PROGRESSIONS: dict[str, list[tuple[int, str, int]]] = {
 class Chord:
   start_beat: float
   end_beat: float
-  root: int  # MIDI pitch class root + 12 * octave (bass register root)
+  root: int  # MIDI pitch of the root in the bass octave (C2..B2)
   quality: str
 
   @property
