@@ -1,0 +1,159 @@
+"""Generation: fixture greedy tokens, cached == full forward, samplers, prompts, no recompiles."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from saxgpt_jax import convert_torch, decode
+from saxgpt_jax import model as model_lib
+
+PAD = 2048
+GREEDY = decode.SamplingParams.make(greedy=True)
+
+
+@pytest.fixture(scope='module')
+def fixture_models(parity_dirs):
+  return [(convert_torch.load_torch_checkpoint(str(d / 'checkpoint.pt')), np.load(d / 'reference.npz'))
+          for d in parity_dirs]
+
+
+def test_greedy_tokens_equal_fixtures(fixture_models):
+  for model, ref in fixture_models:
+    out = decode.generate(model, ref['src'], num_steps=int(ref['gen_len']) - 1, sampling=GREEDY,
+                          rng=jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(out[:, 0]), ref['greedy'])
+
+
+def test_cached_step_by_step_equals_full_forward(fixture_models):
+  model, ref = fixture_models[0]
+  src, tgt = jnp.asarray(ref['src']), jnp.asarray(ref['tgt_in'])
+  full = model(src, tgt)
+  cache = model.init_cache(model.encode(src), None, max_len=tgt.shape[2])
+  step = nnx.jit(lambda m, t, p, c: m.decode_step(t, p, c))
+  logits = []
+  for p in range(tgt.shape[2]):
+    lg, cache = step(model, tgt[:, :, p], jnp.int32(p), cache)
+    logits.append(lg)
+  got = jnp.stack(logits, axis=2)
+  assert float(jnp.abs(got - full).max() / jnp.abs(full).max()) <= 1e-5
+
+
+def fake_step(tokens_rk, position, cache):
+  """Known answers: after padding the next code is (fed + 1) % 2048, else 10 * k + position."""
+  k = jnp.arange(tokens_rk.shape[1])[None]
+  target = jnp.where(tokens_rk == PAD, 10 * k + position, (tokens_rk + 1) % 2048)
+  return jax.nn.one_hot(target, 2048) * 50.0, cache + 1
+
+
+def expected_fake_stream(steps, k_count=4):
+  out = np.full((k_count, steps + 1), PAD)
+  for p in range(1, steps + 1):
+    for k in range(k_count):
+      if p <= k:
+        continue
+      fed = out[k, p - 1]
+      out[k, p] = 10 * k + (p - 1) if fed == PAD else (fed + 1) % 2048
+  return out
+
+
+def test_loop_with_fake_logits_forces_delay_padding():
+  loop = jax.jit(lambda keys, s: decode.sample_loop(fake_step, jnp.int32(0), keys, s, num_codebooks=4,
+                                                    num_steps=9, padding_idx=PAD))
+  out = loop(decode.row_keys(jax.random.key(0), 2, 1), GREEDY)
+  np.testing.assert_array_equal(np.asarray(out[0]), expected_fake_stream(9))
+  np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_loop_reproduces_prompt_then_continues():
+  prompt = np.full((1, 4, 6), PAD)
+  prompt[0, :, 1:] = [[7, 8, 9, 10, 11]] * 4
+  prompt = decode._force_delay_padding(jnp.asarray(prompt).transpose(0, 2, 1), jnp.arange(6)[None, :, None], PAD)
+  prompt = np.asarray(prompt).transpose(0, 2, 1)
+  out = decode.sample_loop(fake_step, jnp.int32(0), decode.row_keys(jax.random.key(0), 1, 1), GREEDY,
+                           num_codebooks=4, num_steps=9, padding_idx=PAD, prompt=jnp.asarray(prompt))
+  out = np.asarray(out[0])
+  np.testing.assert_array_equal(out[:, :6], prompt[0])
+  for k in range(4):  # the continuation follows the fake rule from the prompt's last token
+    for p in range(6, 10):
+      assert out[k, p] == (out[k, p - 1] + 1) % 2048
+
+
+def draw(logits, sampling, n=2000, seed=0):
+  keys = jax.random.split(jax.random.key(seed), n)
+  return np.asarray(jax.jit(jax.vmap(sampling.next_tokens, in_axes=(None, 0)))(jnp.asarray(logits), keys))
+
+
+def test_top1_sampling_equals_greedy():
+  logits = jax.random.normal(jax.random.key(1), (6, 2048)) * 3
+  top1 = draw(logits, decode.SamplingParams.make(temperature=1.5, top_k=1), n=50)
+  assert (top1 == np.argmax(logits, -1)[None]).all()
+  np.testing.assert_array_equal(draw(logits, GREEDY, n=3)[0], np.argmax(logits, -1))
+
+
+def test_top_k_and_top_p_restrict_the_support():
+  logits = np.full((1, 2048), -5.0, np.float32)
+  logits[0, [3, 9, 40, 500, 1000]] = [4.0, 3.5, 3.0, 2.9, 2.8]
+  top3 = draw(logits, decode.SamplingParams.make(top_k=3))
+  assert set(np.unique(top3)) == {3, 9, 40}
+  probs = np.zeros((1, 2048), np.float32)
+  probs[0, [5, 6, 7, 8]] = [0.5, 0.3, 0.15, 0.05]
+  nucleus = draw(np.log(probs + 1e-12), decode.SamplingParams.make(top_p=0.7))
+  assert set(np.unique(nucleus)) == {5, 6}
+  both = draw(np.log(probs + 1e-12), decode.SamplingParams.make(top_k=1, top_p=0.9))
+  assert set(np.unique(both)) == {5}
+
+
+def test_temperature_matches_softmax_frequencies():
+  logits = np.full((1, 2048), -1e9, np.float32)
+  logits[0, :3] = [2.0, 1.0, 0.0]
+  for temperature in (0.5, 2.0):
+    freq = np.bincount(draw(logits, decode.SamplingParams.make(temperature=temperature), n=4000)[:, 0],
+                       minlength=3)[:3] / 4000
+    expected = np.asarray(jax.nn.softmax(jnp.asarray(logits[0, :3]) / temperature))
+    np.testing.assert_allclose(freq, expected, atol=0.03)
+
+
+@pytest.fixture(scope='module')
+def small_model():
+  cfg = model_lib.ModelConfig(d_model=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
+                              dim_feedforward=64, max_seq_len=24, dtype='float32')
+  return model_lib.SaxGPT(cfg, rngs=nnx.Rngs(params=0))
+
+
+def test_samples_are_reproducible_independent_and_never_recompile(small_model):
+  src = jnp.asarray(np.random.default_rng(0).integers(0, 2048, (2, 4, 12)))
+  run = lambda sampling, seed, n: np.asarray(decode.generate(
+      small_model, src, num_steps=10, sampling=sampling, rng=jax.random.key(seed), num_samples=n))
+  a = run(decode.SamplingParams.make(temperature=1.0), 0, 3)
+  size = decode._generate._cache_size()
+  assert a.shape == (2, 3, 4, 11)
+  np.testing.assert_array_equal(a, run(decode.SamplingParams.make(temperature=1.0), 0, 3))
+  assert not np.array_equal(a[:, 0], a[:, 1])  # each sample has its own stream
+  assert not np.array_equal(a, run(decode.SamplingParams.make(temperature=1.0), 1, 3))
+  run(decode.SamplingParams.make(temperature=0.7, top_k=5, top_p=0.9), 2, 3)
+  run(GREEDY, 3, 3)
+  assert decode._generate._cache_size() == size, 'sampling settings or seed triggered a recompile'
+  one = run(decode.SamplingParams.make(temperature=1.0), 0, 1)
+  np.testing.assert_array_equal(one[:, 0], a[:, 0])  # sample s's stream does not depend on num_samples
+  assert ((a[:, :, :, :5] == PAD) == (np.arange(5)[None, :] <= np.arange(4)[:, None])[None, None]).all()
+
+
+def test_model_prompt_is_reproduced_and_greedy_continuation_is_consistent(small_model):
+  src = jnp.asarray(np.random.default_rng(1).integers(0, 2048, (1, 4, 12)))
+  full = decode.generate(small_model, src, num_steps=12, sampling=GREEDY, rng=jax.random.key(0))
+  prompt = full[:, 0, :, :7]
+  cont = decode.generate(small_model, src, num_steps=12, sampling=GREEDY, rng=jax.random.key(5), prompt=prompt)
+  np.testing.assert_array_equal(cont, full)
+  sampled = decode.generate(small_model, src, num_steps=12, sampling=decode.SamplingParams.make(), rng=jax.random.key(5),
+                            prompt=prompt)
+  np.testing.assert_array_equal(sampled[:, 0, :, :7], prompt)
+
+
+def test_generate_rejects_bad_lengths(small_model):
+  src = jnp.zeros((1, 4, 8), jnp.int32)
+  with pytest.raises(ValueError, match='max_seq_len'):
+    decode.generate(small_model, src, num_steps=30, sampling=GREEDY, rng=jax.random.key(0))
+  with pytest.raises(ValueError, match='top_p'):
+    decode.SamplingParams.make(top_p=1.5)
