@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from saxgpt_jax.delay import PADDING_IDX, apply_delay
+from saxgpt_jax.delay import PADDING_IDX, delayed_window
 
 log = logging.getLogger(__name__)
 TRAIN_SPLIT = 'train'
@@ -120,15 +120,9 @@ def _window_example(spec: np.ndarray, rng: np.random.Generator | None = None, *,
   if backing.shape[0] != num_codebooks:
     raise ValueError(f'clip {clip} has {backing.shape[0]} codebooks; config.model.num_codebooks is {num_codebooks}.')
   real = min(seq_len, backing.shape[1] - start)
-
-  def window(codes: np.ndarray) -> np.ndarray:
-    out = np.full((num_codebooks, seq_len), PADDING_IDX, np.int32)
-    out[:, :real] = codes[:, start:start + real]
-    return apply_delay(out)
-
-  src, tgt = window(backing), window(lead)
-  return {'src': src, 'src_mask': np.arange(length) < real + num_codebooks + 1,
-          'tgt_in': tgt[:, :-1], 'tgt_out': tgt[:, 1:]}
+  src, src_mask = delayed_window(backing[:, start:start + real], seq_len)
+  tgt, _ = delayed_window(lead[:, start:start + real], seq_len)
+  return {'src': src, 'src_mask': src_mask, 'tgt_in': tgt[:, :-1], 'tgt_out': tgt[:, 1:]}
 
 
 def _process_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax import struct
 
+from saxgpt_jax.delay import apply_delay
 from saxgpt_jax.model import SaxGPT
 
 Array = jax.Array
@@ -93,8 +94,9 @@ def sample_loop(step_fn: Callable, cache: Any, keys_r: Array, sampling: Sampling
                 num_steps: int, padding_idx: int, prompt: Array | None = None) -> Array:
   """The decode loop as one lax.scan, for any `step_fn(tokens [R,K], position, cache) -> (logits [R,K,V], cache)`.
 
-  Starts from the start token at position 0; prompt int [R, K, P] (position 0 included) is reproduced
-  exactly. Returns int32 [R, K, num_steps + 1].
+  Starts from the start token at position 0. prompt: int [R, K, P_f + K + 1], the delayed stream of P_f raw
+  prompt frames (`apply_delay`); codebook k is forced to it through position k + P_f, so all P_f frames are
+  reproduced exactly in every codebook. Returns int32 [R, K, num_steps + 1].
   """
   rows = keys_r.shape[0]
   start = jnp.full((rows, num_codebooks), padding_idx, jnp.int32)
@@ -105,10 +107,11 @@ def sample_loop(step_fn: Callable, cache: Any, keys_r: Array, sampling: Sampling
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, nxt_pos))(keys_r)
     sampled = jax.vmap(sampling.next_tokens)(logits, step_keys)  # [R, K]
     nxt = _force_delay_padding(sampled, nxt_pos, padding_idx)
-    if prompt is not None:  # teacher-force the prompt's positions
-      p_len = prompt.shape[-1]
-      forced = jax.lax.dynamic_index_in_dim(prompt, jnp.minimum(nxt_pos, p_len - 1), axis=2, keepdims=False)
-      nxt = jnp.where(nxt_pos < p_len, forced, nxt)
+    if prompt is not None:  # teacher-force the prompt's frames, codebook by codebook
+      prompt_frames = prompt.shape[-1] - num_codebooks - 1
+      forced = jax.lax.dynamic_index_in_dim(prompt, jnp.minimum(nxt_pos, prompt.shape[-1] - 1), axis=2,
+                                            keepdims=False)
+      nxt = jnp.where(nxt_pos <= jnp.arange(num_codebooks) + prompt_frames, forced, nxt)
     return LoopState(tokens=nxt, position=nxt_pos, cache=cache), nxt
 
   init = LoopState(tokens=start, position=jnp.int32(0), cache=cache)
@@ -135,8 +138,8 @@ def generate(model: SaxGPT, src: Array, *, num_steps: int, sampling: SamplingPar
   """Generate `num_steps` positions after the start token.
 
   src: int [B, K, S] delayed backing; src_mask: bool [B, S] (True = real frame) or None;
-  prompt: int [B, K, P] — the first P positions of the delayed solo stream (position 0 the start token),
-  reproduced exactly before sampling begins (sliding-window continuation).
+  prompt: int [B, K, P_f] — raw (not delayed) solo frames to continue from; they come out unchanged as
+  the first P_f frames of every sample (sliding-window continuation).
   Returns int32 [B, num_samples, K, num_steps + 1] delayed streams, start token at position 0.
   """
   cfg = model.cfg
@@ -146,9 +149,11 @@ def generate(model: SaxGPT, src: Array, *, num_steps: int, sampling: SamplingPar
     raise ValueError(f'num_steps={num_steps} exceeds model.max_seq_len={cfg.max_seq_len}; '
                      'generate long solos window by window (saxgpt_jax.generate does this).')
   if prompt is not None and (prompt.ndim != 3 or prompt.shape[:2] != src.shape[:2]):
-    raise ValueError(f'prompt must be [B, K, P] with B, K of src {src.shape[:2]}, got {prompt.shape}.')
+    raise ValueError(f'prompt must be raw frames [B, K, P_f] with B, K of src {src.shape[:2]}, got {prompt.shape}.')
+  if prompt is not None and prompt.shape[2] + cfg.num_codebooks >= num_steps:
+    raise ValueError(f'a prompt of {prompt.shape[2]} frames leaves nothing to generate in {num_steps} steps.')
   graphdef, state = nnx.split(model)
   src = jnp.asarray(src, jnp.int32)
-  prompt = None if prompt is None else jnp.asarray(prompt, jnp.int32)
+  prompt = None if prompt is None else apply_delay(jnp.asarray(prompt, jnp.int32), cfg.padding_idx)
   return _generate(graphdef, state, src, src_mask, prompt, sampling, rng, num_steps=num_steps,
                    num_samples=num_samples)

@@ -48,3 +48,18 @@ def undo_delay(stream):
   if n < 0:
     raise ValueError(f'a delayed stream of {k_count} codebooks needs at least {k_count + 1} positions, got {length}')
   return xp.stack([stream[..., k, k + 1:k + 1 + n] for k in range(k_count)], axis=-2)
+
+
+def delayed_window(codes: np.ndarray, seq_len: int, padding_idx: int = PADDING_IDX) -> tuple[np.ndarray, np.ndarray]:
+  """Raw codes int [K, n] (n <= seq_len) -> (delayed stream int32 [K, L], mask bool [L]), L = seq_len+K+1.
+
+  Frames past n are padding; the mask is True on positions 0 .. n+K (the delayed stream of the real
+  frames, its leading and trailing pads included) and False on the padding that fills the window.
+  """
+  k_count, n = codes.shape
+  if n > seq_len:
+    raise ValueError(f'{n} frames do not fit a window of {seq_len}.')
+  out = np.full((k_count, seq_len), padding_idx, np.int32)
+  out[:, :n] = codes
+  length = delayed_length(seq_len, k_count)
+  return apply_delay(out, padding_idx), np.arange(length) < n + k_count + 1

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from saxgpt_jax import convert_torch, decode
+from saxgpt_jax.delay import apply_delay, undo_delay
 from saxgpt_jax import model as model_lib
 
 PAD = 2048
@@ -66,18 +67,15 @@ def test_loop_with_fake_logits_forces_delay_padding():
   np.testing.assert_array_equal(out[0], out[1])
 
 
-def test_loop_reproduces_prompt_then_continues():
-  prompt = np.full((1, 4, 6), PAD)
-  prompt[0, :, 1:] = [[7, 8, 9, 10, 11]] * 4
-  prompt = decode._force_delay_padding(jnp.asarray(prompt).transpose(0, 2, 1), jnp.arange(6)[None, :, None], PAD)
-  prompt = np.asarray(prompt).transpose(0, 2, 1)
+def test_loop_reproduces_prompt_frames_in_every_codebook_then_continues():
+  frames = np.arange(4 * 5).reshape(1, 4, 5) + 100  # raw prompt frames [R, K, P_f]
   out = decode.sample_loop(fake_step, jnp.int32(0), decode.row_keys(jax.random.key(0), 1, 1), GREEDY,
-                           num_codebooks=4, num_steps=9, padding_idx=PAD, prompt=jnp.asarray(prompt))
-  out = np.asarray(out[0])
-  np.testing.assert_array_equal(out[:, :6], prompt[0])
-  for k in range(4):  # the continuation follows the fake rule from the prompt's last token
-    for p in range(6, 10):
-      assert out[k, p] == (out[k, p - 1] + 1) % 2048
+                           num_codebooks=4, num_steps=14, padding_idx=PAD, prompt=apply_delay(jnp.asarray(frames)))
+  raw = np.asarray(undo_delay(out))  # [1, K, 10]
+  np.testing.assert_array_equal(raw[:, :, :5], frames)
+  for k in range(4):  # the continuation follows the fake rule from each codebook's last prompt frame
+    for f in range(5, raw.shape[2]):
+      assert raw[0, k, f] == (raw[0, k, f - 1] + 1) % 2048
 
 
 def draw(logits, sampling, n=2000, seed=0):
@@ -143,12 +141,13 @@ def test_samples_are_reproducible_independent_and_never_recompile(small_model):
 def test_model_prompt_is_reproduced_and_greedy_continuation_is_consistent(small_model):
   src = jnp.asarray(np.random.default_rng(1).integers(0, 2048, (1, 4, 12)))
   full = decode.generate(small_model, src, num_steps=12, sampling=GREEDY, rng=jax.random.key(0))
-  prompt = full[:, 0, :, :7]
+  prompt = undo_delay(full[:, 0])[:, :, :4]  # the first 4 raw frames
   cont = decode.generate(small_model, src, num_steps=12, sampling=GREEDY, rng=jax.random.key(5), prompt=prompt)
   np.testing.assert_array_equal(cont, full)
-  sampled = decode.generate(small_model, src, num_steps=12, sampling=decode.SamplingParams.make(), rng=jax.random.key(5),
-                            prompt=prompt)
-  np.testing.assert_array_equal(sampled[:, 0, :, :7], prompt)
+  sampled = decode.generate(small_model, src, num_steps=12, sampling=decode.SamplingParams.make(),
+                            rng=jax.random.key(5), prompt=prompt)
+  np.testing.assert_array_equal(undo_delay(sampled[:, 0])[:, :, :4], prompt)
+  assert not np.array_equal(sampled, full)
 
 
 def test_generate_rejects_bad_lengths(small_model):
