@@ -172,7 +172,7 @@ def _pretrained_model(spec: str) -> transformers.EncodecModel:
 class Codec:
   """EnCodec wrapper: `encode(wave [T], sr) -> int16 [K, N]`, `decode(codes [K, N]) -> float32 [hop * N]`."""
 
-  model: transformers.EncodecModel
+  model: transformers.EncodecModel = dataclasses.field(repr=False)
   name: str
   chunk_s: float = 25.0
   context_s: float = 1.0

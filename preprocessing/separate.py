@@ -108,7 +108,7 @@ def _from_hub(name: str):
 class Separator:
   """Demucs wrapper: `separate(wave [T] or [C, T], sr) -> (solo [T], rhythm [T])` at 32 kHz."""
 
-  model: torch.nn.Module  # demucs Model or BagOfModels
+  model: torch.nn.Module = dataclasses.field(repr=False)  # demucs Model or BagOfModels
   name: str
   shifts: int = 1
   overlap: float = 0.25
@@ -134,7 +134,7 @@ class Separator:
     else:
       model = _from_hub(name)
     separator = cls(model.eval(), name, shifts, overlap, segment, device, seed)
-    separator.solo_sources  # validates the sources
+    separator.solo_sources  # raises SeparatorError when the model has no solo or no rhythm source
     return separator
 
   @property

@@ -59,31 +59,34 @@ def test_encode_shapes_at_50hz_and_decode_length(codec):
 
 
 def test_chunked_encode_and_decode_match_unchunked(codec):
-  wave = varied_audio(2, 2).reshape(-1)  # 2 s, 100 frames
-  chunked = dataclasses.replace(codec, chunk_s=0.5, context_s=0.4)
+  wave = varied_audio(2, 2).reshape(-1)[:int(1.2 * SR)]  # 60 frames, 3 chunks of 20
+  chunked = dataclasses.replace(codec, chunk_s=0.4, context_s=0.4)
   whole = dataclasses.replace(codec, chunk_s=100.0, context_s=0.0)
   codes = chunked.encode(wave, SR)
   reference = whole.encode(wave, SR)
-  assert codes.shape == reference.shape == (4, 100)
-  # With 0.4 s of context the LSTM state has forgotten the cut: codes agree (allow 2% boundary flips).
-  assert np.all((codes == reference).mean(axis=1) >= 0.98), (codes == reference).mean(axis=1)
+  assert codes.shape == reference.shape == (4, 60)
+  # With 0.4 s of context around each chunk the LSTM has forgotten the cut: codes agree except for rare
+  # flips in the finest codebooks (measured: 100% for codebooks 0-2, 59/60 for codebook 3).
+  agreement = (codes == reference).mean(axis=1)
+  assert np.all(agreement >= 0.95) and agreement[0] == 1.0, agreement
   decoded, decoded_whole = chunked.decode(reference), whole.decode(reference)
   np.testing.assert_allclose(decoded, decoded_whole, atol=1e-3 * np.abs(decoded_whole).max())
 
 
 def test_random_codebooks_are_not_degenerate(codec):
-  """On 24 s of varied audio (1200 frames), every codebook uses distinct codes for most frames.
+  """On 20 s of varied audio (1000 frames), every codebook uses distinct codes for most frames.
 
-  With N = 1200 frames at most 1200 of the 2048 codes can appear (uniformly random codes would give ~900);
-  a collapsed codebook gives a handful. We require >= 50% of min(N, 2048) distinct codes per codebook.
+  With N = 1000 frames at most 1000 of the 2048 codes can appear (uniformly random codes would give ~800);
+  a collapsed codebook (e.g. transformers' zero-initialised one) gives a handful. We require >= 50% of
+  min(N, 2048) distinct codes per codebook (measured: 633-658).
   """
-  clips = torch.from_numpy(varied_audio(3, 24))[:, None, :]  # [B, 1, T]: batched, so one LSTM pass
+  clips = torch.from_numpy(varied_audio(3, 20))[:, None, :]  # [B, 1, T]: batched, so one LSTM pass
   with torch.inference_mode():
     codes = codec.model.encode(clips, bandwidth=codec.bandwidth).audio_codes[0]  # [B, K, F]
   codes = codes.permute(1, 0, 2).reshape(4, -1).numpy()
-  assert codes.shape == (4, 1200)
+  assert codes.shape == (4, 1000)
   used = [len(np.unique(level)) for level in codes]
-  assert min(used) >= 0.5 * 1200, used
+  assert min(used) >= 0.5 * 1000, used
 
 
 def test_random_spec_is_deterministic(codec):
