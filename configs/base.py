@@ -36,6 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.stride = 300  # window stride for fixed windows
   c.data.random_offsets = False  # True: one random window start per clip-slot and epoch
   c.data.seed = 0
+  c.data.codec = 'facebook/encodec_32khz'  # tokenizer of the shards; generate/evaluate decode audio with it
   c.data.worker_count = 2  # grain worker processes (0 = in-process)
   c.data.prefetch_buffer_size = 4
   c.data.read_threads = 4  # grain reader threads per process (or per worker)

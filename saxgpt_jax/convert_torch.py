@@ -191,6 +191,7 @@ def full_config(model_cfg: model_lib.ModelConfig):
   config.model.update(dataclasses.asdict(model_cfg))
   config.data.seq_len = min(config.data.seq_len, model_cfg.max_seq_len - model_cfg.num_codebooks - 1)
   config.data.stride = min(config.data.stride, config.data.seq_len)
+  config.sample.window_stride = min(config.sample.window_stride, max(1, config.data.seq_len // 2))
   return config
 
 

@@ -1,0 +1,270 @@
+"""Generate saxophone solos for backing tracks with a trained (or converted) SaxGPT checkpoint.
+
+    python -m saxgpt_jax.generate --checkpoint=DIR --backing=track.wav --output=out/
+    python -m saxgpt_jax.generate --checkpoint=DIR --backing=tokens.npy --output=solo.npy --greedy
+
+--backing takes raw (not delayed) EnCodec tokens `.npy` ([4, N] or [B, 4, N]), an audio file, or a folder
+of audio/.npy files. Audio is loudness-normalised (-14 LUFS), made mono, resampled to 32 kHz and tokenized
+with --codec (needs the `preprocess` extra; token in/out works without it).
+
+--output ending in `.npy` writes the solo's raw tokens for a single `.npy` backing: the backing's shape,
+with a samples axis before the codebooks when --num_samples > 1. Otherwise --output is a folder that gets,
+per input NAME (and sample suffix `_s{i}` when --num_samples > 1): NAME_solo.npy, and for audio inputs
+NAME_solo.wav and NAME_mix.wav (backing + solo, clipped to [-1, 1]); plus one summary.json.
+
+Long-form: a backing longer than one window (model.max_seq_len - K - 1 frames, 1500 = 30 s for the
+presets) is generated with sliding windows. Each new window starts `--window_stride` frames after the
+previous one and continues the solo: the previous window's last (window - stride) frames are the decoder's
+prompt and come out unchanged, so a full-length track gets one continuous solo. A smaller stride gives the
+model more context per new frame and costs more compute (window / stride decode passes per window of audio).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from saxgpt_jax import checkpoint as ckpt_lib
+from saxgpt_jax import decode
+from saxgpt_jax.delay import delayed_window, undo_delay
+from saxgpt_jax.model import SaxGPT
+
+AUDIO_SUFFIXES = ('.wav', '.flac', '.mp3', '.ogg', '.m4a', '.aiff', '.aif', '.opus', '.webm')
+FRAME_RATE = 50  # EnCodec 32 kHz frames per second
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowPlan:
+  """Where each sliding window sits. window: frames per window; stride: new frames per later window."""
+  total: int  # frames to generate
+  window: int
+  stride: int
+
+  @property
+  def starts(self) -> list[int]:
+    starts, start = [0], 0
+    while start + self.window < self.total:
+      start += self.stride
+      starts.append(start)
+    return starts
+
+  @property
+  def prompt_frames(self) -> int:
+    return self.window - self.stride
+
+
+def plan_windows(model: SaxGPT, total: int, stride: int) -> WindowPlan:
+  cfg = model.cfg
+  window = cfg.max_seq_len - cfg.num_codebooks - 1
+  if total < 1:
+    raise ValueError('nothing to generate: the backing (or --max_frames / --max_seconds) has no frames.')
+  if not 1 <= stride <= window:
+    raise ValueError(f'--window_stride={stride} must be between 1 and the window of {window} frames.')
+  return WindowPlan(total=total, window=window, stride=stride)
+
+
+def generate_solo(model: SaxGPT, backing: np.ndarray, *, num_frames: int, window_stride: int,
+                  sampling: decode.SamplingParams, rng: jax.Array, num_samples: int = 1,
+                  progress: bool = False) -> np.ndarray:
+  """Raw backing tokens int [B, K, N] -> raw solo tokens int32 [B, num_samples, K, num_frames].
+
+  Every window is padded to the full window length and masked, so all windows share one compiled
+  program (one more for the prompted windows).
+  """
+  b, k_count, n = backing.shape
+  num_frames = min(num_frames, n)
+  plan = plan_windows(model, num_frames, window_stride)
+  steps = plan.window + k_count  # positions after the start token for a full window
+  solo = np.zeros((b * num_samples, k_count, num_frames), np.int32)
+  rows_backing = np.repeat(backing, num_samples, axis=0)
+  starts = plan.starts
+  bar = None
+  if progress:
+    from tqdm import tqdm
+
+    bar = tqdm(total=num_frames, unit='frame', desc='generating', leave=False)
+  produced = 0
+  for w, start in enumerate(starts):
+    real = min(plan.window, num_frames - start)  # solo frames this window contributes
+    first = w == 0
+    window_src = rows_backing[::num_samples] if first else rows_backing
+    # The encoder sees the whole backing window (as in training), however few solo frames are asked for.
+    windows = [delayed_window(x[:, start:start + plan.window], plan.window) for x in window_src]
+    src = jnp.asarray(np.stack([s for s, _ in windows]))
+    mask = jnp.asarray(np.stack([m for _, m in windows]))
+    prompt = None if first else jnp.asarray(solo[:, :, start:start + plan.prompt_frames])
+    out = decode.generate(model, src, num_steps=steps, sampling=sampling, rng=jax.random.fold_in(rng, w),
+                          num_samples=num_samples if first else 1, src_mask=mask, prompt=prompt)
+    frames = np.asarray(undo_delay(out.reshape(-1, k_count, steps + 1)))[:, :, :real]
+    new_from = 0 if first else plan.prompt_frames
+    solo[:, :, start + new_from:start + real] = frames[:, :, new_from:]
+    if bar is not None:
+      bar.update(start + real - produced)
+    produced = start + real
+  if bar is not None:
+    bar.close()
+  return solo.reshape(b, num_samples, k_count, num_frames)
+
+
+def _audio_modules():
+  try:
+    from preprocessing import audio, codec  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise SystemExit(
+        f'Audio input/output needs the preprocess extra ({e}). Install it with pip install -e ".[preprocess]", '
+        'or pass raw EnCodec tokens (.npy) and write tokens (--output=solo.npy).') from e
+  return audio, codec
+
+
+def _inputs(backing: str) -> list[Path]:
+  path = Path(backing)
+  if path.is_dir():
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES + ('.npy',))
+    if not files:
+      raise SystemExit(f'--backing={backing} is a folder with no audio or .npy files ({", ".join(AUDIO_SUFFIXES)}).')
+    return files
+  if not path.exists():
+    raise SystemExit(f'--backing={backing} does not exist.')
+  if path.suffix.lower() not in AUDIO_SUFFIXES + ('.npy',):
+    raise SystemExit(f'--backing={backing}: unsupported type {path.suffix!r}; use .npy tokens or audio '
+                     f'({", ".join(AUDIO_SUFFIXES)}).')
+  return [path]
+
+
+def load_tokens(path: Path, num_codebooks: int) -> np.ndarray:
+  """A raw token .npy as int32 [B, K, N], with a clear error for wrong shapes or codes."""
+  tokens = np.load(path)
+  if tokens.ndim == 2:
+    tokens = tokens[None]
+  if tokens.ndim != 3 or tokens.shape[1] != num_codebooks:
+    raise SystemExit(f'{path}: expected raw tokens [{num_codebooks}, N] or [B, {num_codebooks}, N], got {tokens.shape}.')
+  if not np.issubdtype(tokens.dtype, np.integer) or tokens.min() < 0 or tokens.max() > 2047:
+    raise SystemExit(f'{path}: tokens must be integer codes in [0, 2047] (raw, not delayed).')
+  return tokens.astype(np.int32)
+
+
+def run(*, checkpoint: str, backing: str, output: str, sampling: decode.SamplingParams, seed: int,
+        num_samples: int, max_frames: int | None, max_seconds: float | None, window_stride: int | None,
+        codec_spec: str | None, best: bool = False, progress: bool = True) -> dict:
+  """Generates for every input; returns the summary (also written to OUTPUT/summary.json in folder mode)."""
+  if num_samples < 1:
+    raise SystemExit(f'--num_samples must be >= 1, got {num_samples}.')
+  model, config = ckpt_lib.load_model(checkpoint, best=best)
+  k_count = model.cfg.num_codebooks
+  window = model.cfg.max_seq_len - k_count - 1
+  stride = window_stride or min(config.sample.window_stride, window)  # a flag out of range is an error
+  cap = min(x for x in (max_frames, None if max_seconds is None else int(max_seconds * FRAME_RATE), 1 << 62)
+            if x is not None)
+  inputs = _inputs(backing)
+  token_file = output.endswith('.npy')
+  if token_file and (len(inputs) != 1 or inputs[0].suffix != '.npy'):
+    raise SystemExit('--output=FILE.npy needs exactly one .npy backing; pass a folder as --output for audio.')
+  out_dir = Path(output).parent if token_file else Path(output)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  codec = None
+  summary = {'checkpoint': str(checkpoint), 'seed': seed, 'num_samples': num_samples,
+             'window_stride': stride, 'sampling': {k: np.asarray(v).item() for k, v in
+                                                    dataclasses.asdict(sampling).items()}, 'outputs': []}
+  rng = jax.random.key(seed)
+  for i, path in enumerate(inputs):
+    t0 = time.time()
+    wave = None
+    if path.suffix == '.npy':
+      tokens = load_tokens(path, k_count)
+    else:
+      audio, codec_lib = _audio_modules()
+      if codec is None:
+        codec = codec_lib.Codec.load(codec_spec or config.data.get('codec', 'facebook/encodec_32khz'))
+      wave = audio.prepare(*audio.load_audio(path))
+      tokens = codec.encode(wave, audio.TARGET_SR)[None].astype(np.int32)
+    solo = generate_solo(model, tokens, num_frames=min(cap, tokens.shape[2]), window_stride=stride,
+                         sampling=sampling, rng=jax.random.fold_in(rng, i), num_samples=num_samples,
+                         progress=progress)
+    entry = {'input': str(path), 'frames': int(solo.shape[-1]), 'seconds': solo.shape[-1] / FRAME_RATE,
+             'windows': len(plan_windows(model, solo.shape[-1], stride).starts), 'files': []}
+    if token_file:
+      arr = solo[:, 0] if num_samples == 1 else solo
+      arr = arr[0] if np.load(path, mmap_mode='r').ndim == 2 else arr
+      _save_npy(Path(output), arr)
+      entry['files'].append(output)
+    else:
+      for b in range(solo.shape[0]):
+        for s in range(num_samples):
+          name = path.stem + (f'_b{b}' if solo.shape[0] > 1 else '') + (f'_s{s}' if num_samples > 1 else '')
+          _save_npy(out_dir / f'{name}_solo.npy', solo[b, s])
+          entry['files'].append(str(out_dir / f'{name}_solo.npy'))
+          if wave is not None:
+            solo_wave = codec.decode(solo[b, s])
+            n = min(len(solo_wave), len(wave))
+            audio.write_wav(out_dir / f'{name}_solo.wav', solo_wave, audio.TARGET_SR)
+            audio.write_wav(out_dir / f'{name}_mix.wav', np.clip(wave[:n] + solo_wave[:n], -1.0, 1.0),
+                            audio.TARGET_SR)
+            entry['files'] += [str(out_dir / f'{name}_solo.wav'), str(out_dir / f'{name}_mix.wav')]
+    entry['elapsed_s'] = round(time.time() - t0, 2)
+    summary['outputs'].append(entry)
+    logging.info('%s: %d frames (%.1f s) x %d sample(s) in %.1f s', path.name, entry['frames'], entry['seconds'],
+                 num_samples, entry['elapsed_s'])
+  if not token_file:
+    tmp = out_dir / '.summary.json.tmp'
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out_dir / 'summary.json')
+  return summary
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+  tmp = path.with_name(f'.{path.name}.tmp.npy')
+  np.save(tmp, array)
+  os.replace(tmp, path)
+
+
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint dir: a training workdir, its checkpoints/ '
+                                  'folder, or the output of saxgpt_jax.convert_torch.')
+_BACKING = flags.DEFINE_string('backing', None, 'Backing track: raw tokens .npy ([4,N] or [B,4,N]), an audio '
+                               'file, or a folder of them.')
+_OUTPUT = flags.DEFINE_string('output', None, 'FILE.npy (tokens of a single .npy backing) or an output folder.')
+_GREEDY = flags.DEFINE_bool('greedy', None, 'Argmax decoding (default: the checkpoint config\'s sample.greedy).')
+_TEMPERATURE = flags.DEFINE_float('temperature', None, 'Sampling temperature (default: config sample.temperature).')
+_TOP_K = flags.DEFINE_integer('top_k', None, 'Keep the k most likely codes, 0 = off (default: config).')
+_TOP_P = flags.DEFINE_float('top_p', None, 'Nucleus sampling mass, 0 = off (default: config).')
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed; sample i of every input is reproducible from it.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Variations per input (files get _s{i} suffixes).')
+_MAX_FRAMES = flags.DEFINE_integer('max_frames', None, 'Solo frames to generate (50 per second); default the '
+                                   'backing length.')
+_MAX_SECONDS = flags.DEFINE_float('max_seconds', None, 'Cap on the solo length in seconds.')
+_WINDOW_STRIDE = flags.DEFINE_integer('window_stride', None, 'New frames per sliding window for long backings '
+                                      '(default: config sample.window_stride).')
+_CODEC = flags.DEFINE_string('codec', None, 'EnCodec weights for audio: hub id, local folder, or random:SEED '
+                             '(default: the checkpoint config\'s data.codec, else facebook/encodec_32khz).')
+_BEST = flags.DEFINE_bool('best', False, 'Use the checkpoint with the best validation loss instead of the latest.')
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO; progress comes from tqdm and prints
+  for name, flag in (('checkpoint', _CHECKPOINT), ('backing', _BACKING), ('output', _OUTPUT)):
+    if not flag.value:
+      raise app.UsageError(f'--{name} is required (see --help).')
+  config = ckpt_lib.read_config(_CHECKPOINT.value)
+  pick = lambda flag, default: default if flag.value is None else flag.value
+  sampling = decode.SamplingParams.make(
+      temperature=pick(_TEMPERATURE, config.sample.temperature), top_k=pick(_TOP_K, config.sample.top_k),
+      top_p=pick(_TOP_P, config.sample.top_p), greedy=pick(_GREEDY, config.sample.greedy))
+  summary = run(checkpoint=_CHECKPOINT.value, backing=_BACKING.value, output=_OUTPUT.value, sampling=sampling,
+                seed=_SEED.value, num_samples=_NUM_SAMPLES.value, max_frames=_MAX_FRAMES.value,
+                max_seconds=_MAX_SECONDS.value, window_stride=_WINDOW_STRIDE.value, codec_spec=_CODEC.value,
+                best=_BEST.value)
+  for entry in summary['outputs']:
+    print(f"{entry['input']}: {entry['seconds']:.1f} s of solo in {entry['windows']} window(s) -> "
+          f"{', '.join(entry['files'])}")
+
+
+if __name__ == '__main__':
+  app.run(main)
