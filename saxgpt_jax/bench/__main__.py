@@ -1,0 +1,115 @@
+"""Benchmarks of SaxGPT: `python -m saxgpt_jax.bench {train,decode,data} --config=configs/X.py [flags]`.
+
+  train   training steps/s, frames/s, MFU and compile time (lower + compile) of one jitted step
+  decode  generate() steps/s and frames/s per batch size, real-time factor of a 30 s solo, compile time,
+          and the number of recompiles caused by new sampling settings / seeds (expect 0)
+  data    input pipeline batches/s and frames/s (needs a prepared dataset at config.data.data_dir)
+
+With --reference=torch, train and decode also run the original model in eager PyTorch on the same
+config, batch and length, alternating with JAX, and report JAX's speed-up. --json prints one JSON line.
+Examples:
+  python -m saxgpt_jax.bench decode --config=configs/large.py --batch=1,16 --steps=300 --reference=torch
+  python -m saxgpt_jax.bench train --config=configs/large.py --batch=2 --frames=1500 --reference=torch
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/large.py.', lock_config=True)
+_BATCH = flags.DEFINE_list('batch', None, 'Batch size(s). train/data: one value (default: '
+                           'config.train.global_batch_size); decode: a list (default: 1,16).')
+_FRAMES = flags.DEFINE_integer('frames', None, 'Frames per window (train) or of backing (decode), before '
+                               'the delay pattern adds K+1 positions. Default: config.data.seq_len.')
+_STEPS = flags.DEFINE_integer('steps', None, 'train: timed steps (default 10); decode: decode steps per '
+                              'generate call (default 300); data: timed batches (default 20).')
+_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed runs (after compiling) before timing.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'decode: timed generate calls per batch size and implementation.')
+_DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype (parameters stay '
+                           'float32). Default: config.model.dtype.')
+_REFERENCE = flags.DEFINE_enum('reference', '', ['', 'torch'], 'Also run the eager PyTorch reference.')
+_TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads for the reference '
+                                      '(0 = torch default: one per core, as JAX).')
+_RTF_FRAMES = flags.DEFINE_integer('rtf_frames', 1500, 'decode: solo frames of the real-time-factor run '
+                                   '(1500 = 30 s at 50 Hz; capped by max_seq_len; 0 = skip).')
+_PEAK_FLOPS = flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s per device for MFU. Default: the data-sheet '
+                                 'table in saxgpt_jax/flops.py, or a measured matmul on devices not in it.')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
+
+COMMANDS = ('train', 'decode', 'data')
+
+
+def _batches(default: list[int], single: bool) -> list[int]:
+  values = default if _BATCH.value is None else [int(b) for b in _BATCH.value]
+  if not values or min(values) < 1 or (single and len(values) != 1):
+    raise app.UsageError(f'--batch must be {"one positive integer" if single else "positive integers"}, '
+                         f'got {_BATCH.value}')
+  return values
+
+
+def run_command(command: str) -> dict:
+  """Runs one benchmark with the parsed flags -> its result dict (plus config path and machine)."""
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('--config is required, e.g. --config=configs/tiny.py')
+  if _DTYPE.value:
+    config.model.dtype = _DTYPE.value
+  if _REFERENCE.value == 'torch' and _TORCH_THREADS.value:
+    import torch
+    torch.set_num_threads(_TORCH_THREADS.value)
+  from saxgpt_jax.bench import timing
+
+  if command == 'train':
+    from saxgpt_jax.bench import train
+    result = train.run(config, batch=_batches([config.train.global_batch_size], True)[0],
+                       frames=_FRAMES.value or config.data.seq_len, steps=_STEPS.value or 10,
+                       warmup=_WARMUP.value, reference=_REFERENCE.value, peak_flops=_PEAK_FLOPS.value)
+  elif command == 'decode':
+    from saxgpt_jax.bench import decode
+    result = decode.run(config, batches=_batches([1, 16], False), steps=_STEPS.value or 300,
+                        frames=_FRAMES.value, repeats=_REPEATS.value, warmup=_WARMUP.value,
+                        reference=_REFERENCE.value, rtf_frames=_RTF_FRAMES.value)
+  else:
+    if _REFERENCE.value:
+      raise app.UsageError('--reference applies to train and decode only')
+    from saxgpt_jax.bench import data
+    result = {'command': 'data', **data.benchmark(config, steps=_STEPS.value or 20,
+                                                   batch=_batches([config.train.global_batch_size], True)[0])}
+  result['config'] = config_flags.get_config_filename(flags.FLAGS['config'])
+  result.setdefault('machine', timing.machine())
+  if _REFERENCE.value == 'torch':
+    import torch
+    result['machine']['torch'] = torch.__version__
+    result['machine']['torch_threads'] = torch.get_num_threads()
+  return result
+
+
+def format_table(result: dict, prefix: str = '') -> list[str]:
+  """Nested result dict -> aligned `name  value` lines (floats to 4 significant digits)."""
+  lines = []
+  for key, value in result.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      lines.extend(format_table(value, f'{name}.'))
+    else:
+      lines.append(f'{name:<40} {value:.4g}' if isinstance(value, float) else f'{name:<40} {value}')
+  return lines
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f'usage: python -m saxgpt_jax.bench {{{",".join(COMMANDS)}}} --config=... [flags]')
+  result = run_command(argv[1])
+  if _JSON.value:
+    print(json.dumps(result), flush=True)
+  else:
+    print('\n'.join(format_table(result)), flush=True)
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('config')
+  app.run(main, argv=sys.argv)

@@ -1,0 +1,108 @@
+"""`python -m saxgpt_jax.bench {train,decode,data} --json`: each subcommand runs and reports its figures.
+
+The three commands run at once as subprocesses (the real CLI) on configs/tiny.py cut to one layer per
+stack, with XLA's cheapest optimisation level, so compiles stay short.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from preprocessing import manifest, tfds_builder
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+K = 4
+SMALL = ['--config=configs/tiny.py', '--config.model.num_encoder_layers=1', '--config.model.num_decoder_layers=1',
+         '--config.data.seq_len=16', '--json']
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """A prepared saxgpt_tokens dataset: 4 recordings x 1 clip of 40 frames."""
+  tokens_dir = tmp_path_factory.mktemp('tokens')
+  rng = np.random.default_rng(0)
+  records = []
+  for i in range(4):
+    rec = manifest.ClipRecord(f'clip{i}', f'rec{i}', 0.0, 40 / 50, 'none', 40, manifest.CodecInfo(),
+                              f'clips/clip{i}.npz')
+    manifest.write_clip(tokens_dir, rec, *rng.integers(0, 2048, (2, K, 40), dtype=np.int16))
+    records.append(rec)
+  manifest.append_records(tokens_dir, records)
+  out = tmp_path_factory.mktemp('tfds')
+  tfds_builder.build_dataset(tokens_dir, out, split_fractions=(0.5, 0.25, 0.25))
+  return out
+
+
+@pytest.fixture(scope='module')
+def results(data_dir):
+  commands = {
+      'train': ['train', '--batch=2', '--frames=16', '--steps=2', '--warmup=0', '--reference=torch',
+                '--peak_flops=1e11'],
+      # steps = rtf_frames + K, so the real-time-factor run reuses the batch-1 compile.
+      'decode': ['decode', '--batch=1,2', '--steps=20', '--rtf_frames=16', '--repeats=1', '--warmup=0',
+                 '--reference=torch'],
+      'data': ['data', '--batch=2', '--steps=2', f'--config.data.data_dir={data_dir}',
+               '--config.data.stride=8'],
+  }
+  # One CPU device, as a user runs it; the cheapest XLA optimisation level, as only the plumbing and the
+  # figures' consistency are under test here (on a busy 2-core machine a full compile takes minutes).
+  env = {**os.environ, 'XLA_FLAGS': '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'}
+  procs = {name: subprocess.Popen([sys.executable, '-m', 'saxgpt_jax.bench', args[0], *SMALL, *args[1:]], cwd=REPO_ROOT,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for name, args in commands.items()}
+  out = {}
+  for name, proc in procs.items():
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, f'bench {name} failed:\n{stderr[-3000:]}'
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f'--json must print exactly one line, got {stdout!r}'
+    out[name] = json.loads(lines[0])
+  return out
+
+
+def test_train_reports_throughput_mfu_compile_and_torch_ratio(results):
+  r = results['train']
+  assert r['command'] == 'train' and r['config'] == 'configs/tiny.py'
+  assert (r['batch'], r['frames'], r['src_len'], r['tgt_len']) == (2, 16, 21, 20)
+  assert r['peak_flops'] == 1e11 and r['flops_per_step'] > 0
+  for impl in ('jax', 'torch'):
+    f = r[impl]
+    assert f['timed_steps'] == 2 and f['step_s'] > 0
+    assert f['frames_per_s'] == pytest.approx(2 * 16 / f['step_s'])
+    assert f['mfu'] == pytest.approx(r['flops_per_step'] / f['step_s'] / 1e11)
+  assert r['jax']['compile_s'] > 0 and r['jax']['lower_s'] > 0 and np.isfinite(r['jax']['loss'])
+  assert r['speedup_vs_torch'] == pytest.approx(r['jax']['frames_per_s'] / r['torch']['frames_per_s'])
+  assert r['machine']['platform'] == 'cpu' and r['machine']['num_devices'] == 1
+
+
+def test_decode_reports_rates_scaling_rtf_and_no_recompiles(results):
+  r = results['decode']
+  assert (r['steps'], r['src_len']) == (20, 21)
+  for impl in ('jax', 'torch'):
+    for batch in (1, 2):
+      f = r[impl][f'batch_{batch}']
+      assert f['frames_per_s'] == pytest.approx(batch * f['steps_per_s'])
+      assert f['call_s'] > f['encode_s'] > 0
+  assert r['jax']['batch_1']['compiles'] >= 1 and r['jax']['batch_1']['compile_s'] > 0
+  assert r['recompiles_on_new_sampling'] == 0
+  assert r['batch_scaling'] == pytest.approx(r['jax']['batch_2']['frames_per_s'] / r['jax']['batch_1']['frames_per_s'])
+  assert r['speedup_vs_torch']['batch_1'] == pytest.approx(
+      r['jax']['batch_1']['steps_per_s'] / r['torch']['batch_1']['steps_per_s'])
+  assert r['rtf']['frames'] == 16 and r['rtf']['rtf'] == pytest.approx(r['rtf']['wall_s'] / (16 / 50))
+
+
+def test_data_reports_pipeline_throughput(results):
+  r = results['data']
+  assert r['command'] == 'data' and r['global_batch_size'] == 2 and r['steps'] == 2
+  assert r['frames_per_s'] == pytest.approx(r['batches_per_s'] * 2 * 16)
+
+
+def test_bad_flags_fail_with_a_clear_message():
+  proc = subprocess.run([sys.executable, '-m', 'saxgpt_jax.bench', 'train', '--batch=1,2', *SMALL], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0 and '--batch must be one positive integer' in proc.stderr
