@@ -117,3 +117,26 @@ def test_decode_rejects_bad_codes(codec):
     codec.decode(np.zeros((3, 10), np.int16))
   with pytest.raises(codec_lib.CodecError, match='delay pattern'):
     codec.decode(np.full((4, 10), 2048, np.int16))
+
+
+def test_local_folder_with_config_and_weights(tmp_path):
+  """A folder in the Hugging Face layout (config.json + model.safetensors) loads and encodes like its model.
+
+  A narrow EnCodec (same hop, codebooks and weight-norm layout, fewer channels) keeps the save/load cheap.
+  """
+  import transformers
+
+  config = transformers.EncodecConfig(**dict(codec_lib.ENCODEC_32KHZ_CONFIG, num_filters=4, hidden_size=16,
+                                             codebook_dim=16))
+  with torch.random.fork_rng(devices=[]):
+    torch.manual_seed(1)
+    model = transformers.EncodecModel(config).eval()
+    for layer in model.quantizer.layers:
+      torch.nn.init.normal_(layer.codebook.embed)
+  model.save_pretrained(tmp_path)
+  loaded = codec_lib.Codec.load(str(tmp_path))
+  assert loaded.info.name == str(tmp_path) and loaded.info.num_codebooks == 4
+  wave = varied_audio(4, 1).reshape(-1)[:SR // 5]
+  with torch.inference_mode():
+    expected = model.encode(torch.from_numpy(wave)[None, None], bandwidth=2.2).audio_codes[0, 0].numpy()
+  np.testing.assert_array_equal(loaded.encode(wave, SR), expected)
