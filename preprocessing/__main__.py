@@ -15,7 +15,8 @@ Examples:
 
 Every setting is in configs/data/base.py; override any with --config.SECTION.KEY=VALUE. Rerunning with
 the same --config.output_dir resumes: finished recordings and clips are skipped. Bad inputs are listed in
-<output_dir>/failures.jsonl; the exit status is 1 if anything failed, 2 if the run could not start.
+<output_dir>/failures.jsonl; the exit status is 1 if anything failed (inputs or the TFDS build), 2 if
+the run could not start.
 """
 
 import logging
@@ -48,7 +49,7 @@ def main(argv):
     print(f'preprocessing could not start: {e}', file=sys.stderr)
     return 2
   print(summary.text())
-  return 1 if summary.failures else 0
+  return 0 if summary.ok else 1
 
 
 if __name__ == '__main__':

@@ -38,8 +38,7 @@ _NAMESPACE = 'saxgpt'
 FAILURES = 'failures'
 # Settings that change what a run writes: a resumed run must use the same ones.
 _OUTPUT_KEYS = ('source.kind', 'audio', 'demucs.name', 'demucs.repo', 'demucs.shifts', 'demucs.overlap',
-                'demucs.segment', 'select', 'augment', 'codec')
-_SILENCE_PEAK = 1e-5
+                'demucs.segment', 'select', 'augment', 'codec.weights', 'codec.chunk_s', 'codec.context_s')
 
 
 class PipelineError(ValueError):
@@ -195,7 +194,8 @@ class AugmentTokenize(beam.DoFn):
   def setup(self):
     from preprocessing import codec
 
-    self._codec = codec.Codec.load(self._cfg['codec']['weights'])
+    c = self._cfg['codec']
+    self._codec = codec.Codec.load(c['weights'], chunk_s=c['chunk_s'], context_s=c['context_s'], device=c['device'])
 
   def process(self, task: ClipTask):
     out_dir, sr = self._cfg['output_dir'], self._cfg['audio']['sample_rate']
@@ -277,18 +277,14 @@ def _work_dir(cfg: dict) -> str:
 
 
 def _check_usable(wave: np.ndarray, sr: int, what: str, min_s: float) -> None:
-  """Raises audio.AudioError for empty, silent or too-short audio (before loudness normalisation)."""
+  """Raises audio.AudioError for too-short or silent audio (load_audio already refuses empty/corrupt files)."""
   from preprocessing import audio
 
-  seconds = wave.shape[-1] / sr if sr else 0.0
-  if wave.size == 0:
-    raise audio.AudioError(f'{what}: empty (no samples).')
-  if not np.all(np.isfinite(wave)):
-    raise audio.AudioError(f'{what}: contains NaN or infinite samples.')
+  seconds = wave.shape[-1] / sr
   if seconds < min_s:
     raise audio.AudioError(f'{what}: too short ({seconds:.2f} s < the {min_s} s minimum window).')
-  if float(np.max(np.abs(wave))) < _SILENCE_PEAK:
-    raise audio.AudioError(f'{what}: silent (peak below {_SILENCE_PEAK}).')
+  if audio.is_silent(wave):
+    raise audio.AudioError(f'{what}: silent (RMS below {audio.SILENCE_DBFS} dBFS).')
 
 
 def _mix_files(paths: Sequence[str], audio) -> tuple[np.ndarray, int]:
@@ -378,8 +374,13 @@ class Summary:
   frames: int  # codec frames over all clips (one stem)
   failures: list[dict[str, Any]]
   counters: dict[str, int]  # Beam metrics of this run, e.g. clips_written, clips_skipped, prepare_failed
-  tfds_splits: dict[str, int] | None
+  tfds_splits: dict[str, int] | None  # examples per split; None when not built
+  tfds_error: str  # why the TFDS build failed ('' if it did not)
   seconds: float
+
+  @property
+  def ok(self) -> bool:
+    return not self.failures and not self.tfds_error
 
   def text(self) -> str:
     lines = [f'preprocessing summary ({self.output_dir}, {self.seconds:.1f} s):',
@@ -389,6 +390,8 @@ class Summary:
       lines.append('  this run: ' + ', '.join(f'{k} {v}' for k, v in sorted(self.counters.items())))
     if self.tfds_splits is not None:
       lines.append(f'  TFDS saxgpt_tokens: {self.tfds_splits}')
+    if self.tfds_error:
+      lines.append(f'  TFDS build FAILED: {self.tfds_error}')
     for f in self.failures:
       lines.append(f'  FAILED [{f["stage"]}] {f["item"]}: {f["reason"]}')
     if self.failures:
@@ -445,19 +448,22 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
   records = manifest.merge_parts(cfg['output_dir'])
   failures = manifest.merge_failures(cfg['output_dir'])
   windows = {(r.recording_id, r.clip_start_s, r.clip_end_s) for r in records}
-  tfds_splits = None
+  tfds_splits, tfds_error = None, ''
   if cfg['build_tfds'] and records:
     from preprocessing import tfds_builder
 
-    tfds_splits = tfds_builder.build_dataset(
-        cfg['output_dir'], cfg['tfds_data_dir'], split_fractions=tuple(cfg['split_fractions']),
-        split_seed=cfg['split_seed'], beam_pipeline_options=list(beam_args) if beam_args else None,
-        overwrite=True)
+    try:
+      tfds_splits = tfds_builder.build_dataset(
+          cfg['output_dir'], cfg['tfds_data_dir'], split_fractions=tuple(cfg['split_fractions']),
+          split_seed=cfg['split_seed'], beam_pipeline_options=list(beam_args) if beam_args else None,
+          overwrite=True)
+    except manifest.ManifestError as e:  # e.g. too few recordings for the splits: the tokens are kept
+      tfds_error = f'{e} (rebuild later with python -m preprocessing.build_tfds --tokens_dir={cfg["output_dir"]})'
   return Summary(
       output_dir=cfg['output_dir'], recordings=len({r.recording_id for r in records}),
       hours_kept=sum(end - start for _, start, end in windows) / 3600, clips=len(records),
       frames=sum(r.num_frames for r in records), failures=failures, counters=_counters(result),
-      tfds_splits=tfds_splits, seconds=time.time() - start)
+      tfds_splits=tfds_splits, tfds_error=tfds_error, seconds=time.time() - start)
 
 
 def split_beam_args(text: str) -> list[str]:

@@ -60,6 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --- Tokenizer (preprocessing/codec.py).
   c.codec = ml_collections.ConfigDict()
   c.codec.weights = 'facebook/encodec_32khz'  # hub id, local folder, or 'random:SEED'
+  c.codec.chunk_s = 25.0  # encode in chunks so memory stays flat on long audio
+  c.codec.context_s = 1.0  # extra audio on each side of a chunk
+  c.codec.device = 'cpu'
 
   # --- Beam. Anything else goes through --beam_pipeline_options (e.g. --runner=DataflowRunner ...).
   c.beam = ml_collections.ConfigDict()

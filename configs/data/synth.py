@@ -13,7 +13,8 @@ def get_config():
   c.output_dir = 'runs/demo/tokens'
   c.tfds_data_dir = 'runs/demo/tfds'
   c.codec.weights = 'random:0'
-  c.select.frame_s = 1.0
+  # Short pieces: 2 s frames split the solo at rests of about 2 s or more; phrases of >= 4 s are kept.
+  c.select.frame_s = 2.0
   c.select.stride_s = 0.2
   c.select.min_window_s = 4.0
   c.augment.pitch_semitones = ()

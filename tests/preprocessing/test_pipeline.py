@@ -1,0 +1,252 @@
+"""The Beam pipeline end to end on tiny settings: outputs, bad inputs, 1 vs 2 workers, rerun, kill + resume."""
+
+import functools
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from configs.data import base
+from preprocessing import ingest, manifest, pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+SR_IN = 16000  # inputs are resampled to 32 kHz
+GOOD = {'rec_a': 4.0, 'rec_b': 2.5}
+# rec_a's solo is silent in [1.5, 2.5) s: with 1 s frames every 0.5 s it splits into two windows.
+EXPECTED_WINDOWS = {('rec_a', 0.0, 2.0), ('rec_a', 2.0, 4.0), ('rec_b', 0.0, 2.5)}
+BAD = {  # recording -> (stage, words of the reason)
+    'bad_corrupt': ('prepare', 'solo.wav'), 'bad_empty': ('prepare', 'empty'), 'bad_silent': ('prepare', 'silent'),
+    'bad_short': ('prepare', 'too short'), 'bad_nobacking': ('prepare', 'does not exist'),
+    'bad_quiet_solo': ('select', 'no window')}
+
+
+def _tone(seconds, freq, amplitude=0.1):
+  t = np.arange(int(seconds * SR_IN)) / SR_IN
+  return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture(scope='module')
+def stems_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp('stems')
+
+  def write(name, backing, solo):
+    (root / name).mkdir()
+    if backing is not None:
+      sf.write(root / name / 'backing.wav', backing, SR_IN)
+    if solo is not None:
+      sf.write(root / name / 'solo.wav', solo, SR_IN)
+
+  for i, (name, seconds) in enumerate(GOOD.items()):
+    solo = _tone(seconds, 440 + 50 * i)
+    if name == 'rec_a':
+      solo[int(1.5 * SR_IN):int(2.5 * SR_IN)] = 0
+    write(name, _tone(seconds, 110 + 10 * i), solo)
+  write('bad_corrupt', _tone(3, 110), None)
+  (root / 'bad_corrupt' / 'solo.wav').write_bytes(b'RIFF\x00\x00garbage' * 50)
+  write('bad_empty', None, _tone(3, 440))
+  (root / 'bad_empty' / 'backing.wav').write_bytes(b'')
+  write('bad_silent', _tone(3, 110), np.zeros(3 * SR_IN, np.float32))
+  write('bad_short', _tone(1, 110), _tone(1, 440))
+  write('bad_nobacking', None, _tone(3, 440))
+  # Loud for 0.5 s only, then a faint noise floor: normalised to -14 LUFS it never holds 2 s above 0.05.
+  quiet = np.concatenate([_tone(0.5, 440), _tone(2.5, 440, 1e-4)])
+  write('bad_quiet_solo', _tone(3, 110), quiet)
+  return root
+
+
+def make_config(inputs, output_dir, *, kind='stems', workers=1, build_tfds=False, tfds_dir=''):
+  c = base.get_config()
+  c.source.kind = kind
+  c.source.inputs = str(inputs)
+  c.output_dir = str(output_dir)
+  c.build_tfds = build_tfds
+  c.tfds_data_dir = str(tfds_dir)
+  c.codec.weights = 'random:0'
+  c.demucs.name = 'demucs_unittest'
+  c.select.frame_s, c.select.stride_s, c.select.min_window_s = 1.0, 0.5, 2.0
+  c.augment.pitch_semitones, c.augment.tempo_rates = (), ()
+  c.beam.num_workers = workers
+  c.beam.direct_running_mode = 'multi_processing' if workers > 1 else 'in_memory'
+  return c
+
+
+def read_output(output_dir):
+  """{clip_id: (record, backing, lead)} and the failures of a finished run."""
+  records = manifest.read_manifest(output_dir)
+  clips = {r.clip_id: (r, *manifest.load_clip(output_dir, r)) for r in records}
+  failures = [json.loads(line) for line in (Path(output_dir) / manifest.FAILURES_NAME).read_text().splitlines()]
+  return clips, failures
+
+
+def assert_same_output(a, b):
+  clips_a, failures_a = read_output(a)
+  clips_b, failures_b = read_output(b)
+  assert sorted(clips_a) == sorted(clips_b)
+  for clip_id, (record, backing, lead) in clips_a.items():
+    assert clips_b[clip_id][0] == record
+    np.testing.assert_array_equal(clips_b[clip_id][1], backing)
+    np.testing.assert_array_equal(clips_b[clip_id][2], lead)
+  assert failures_a == failures_b
+  assert (Path(a) / manifest.MANIFEST_NAME).read_bytes() == (Path(b) / manifest.MANIFEST_NAME).read_bytes()
+
+
+@pytest.fixture(scope='module')
+def clean_run(stems_root, tmp_path_factory):
+  out = tmp_path_factory.mktemp('clean')
+  config = make_config(stems_root, out / 'tokens', build_tfds=True, tfds_dir=out / 'tfds')
+  config.split_fractions = (0.5, 0.5, 0.0)  # two good recordings
+  summary = pipeline.run(config)
+  return out / 'tokens', summary
+
+
+def test_outputs_and_summary(clean_run):
+  tokens_dir, summary = clean_run
+  clips, failures = read_output(tokens_dir)
+  assert {(r.recording_id, r.clip_start_s, r.clip_end_s) for r, _, _ in clips.values()} == EXPECTED_WINDOWS
+  for record, backing, lead in clips.values():
+    assert record.augmentation == 'none' and record.codec.name == 'random:0'
+    assert record.clip_id == pipeline.clip_id_for(record.recording_id, record.clip_start_s, record.clip_end_s, 'none')
+    assert abs(record.num_frames - 50 * (record.clip_end_s - record.clip_start_s)) <= 1
+    assert backing.shape == lead.shape == (4, record.num_frames) and backing.dtype == np.int16
+    assert 0 <= backing.min() and lead.max() < 2048
+    assert not np.array_equal(backing, lead)
+  assert summary.recordings == len(GOOD) and summary.clips == len(EXPECTED_WINDOWS)
+  assert summary.hours_kept == pytest.approx(sum(e - s for _, s, e in EXPECTED_WINDOWS) / 3600)
+  assert summary.frames == sum(r.num_frames for r, _, _ in clips.values())
+  assert summary.counters['clips_written'] == len(EXPECTED_WINDOWS)
+  assert summary.counters['recordings_prepared'] == len(GOOD) + 1  # bad_quiet_solo fails in select
+  assert summary.tfds_splits is not None and sum(summary.tfds_splits.values()) == len(EXPECTED_WINDOWS)
+  # Bad inputs: one line each with the stage and the reason; the rest went on.
+  assert sorted(f['item'] for f in failures) == sorted(BAD)
+  for f in failures:
+    stage, words = BAD[f['item']]
+    assert f['stage'] == stage and words in f['reason'] and f['reason'], f
+  text = summary.text()
+  assert f'recordings {len(GOOD)} | ' in text and f'failures {len(BAD)}' in text and 'FAILED [select] bad_quiet_solo' in text
+  assert not list(tokens_dir.rglob('.*.tmp'))
+
+
+def test_two_workers_same_as_one(clean_run, stems_root, tmp_path):
+  summary = pipeline.run(make_config(stems_root, tmp_path / 'tokens', workers=2))
+  assert summary.clips == len(EXPECTED_WINDOWS)
+  assert_same_output(clean_run[0], tmp_path / 'tokens')
+
+
+def test_rerun_skips_finished_work(clean_run, stems_root):
+  tokens_dir = clean_run[0]
+  before = {p.name: p.stat().st_mtime_ns for p in (tokens_dir / 'clips').iterdir()}
+  summary = pipeline.run(make_config(stems_root, tokens_dir))
+  assert summary.counters.get('recordings_skipped') == len(GOOD)
+  assert 'clips_written' not in summary.counters
+  assert {p.name: p.stat().st_mtime_ns for p in (tokens_dir / 'clips').iterdir()} == before
+  assert summary.clips == len(EXPECTED_WINDOWS) and len(summary.failures) == len(BAD)  # failures are retried
+
+
+def test_changed_settings_are_refused(clean_run, stems_root):
+  config = make_config(stems_root, clean_run[0])
+  config.select.threshold = 0.1
+  with pytest.raises(pipeline.PipelineError, match='select differ'):
+    pipeline.run(config)
+
+
+def _cli(stems_root, output_dir, *extra):
+  return [sys.executable, '-m', 'preprocessing', '--config=configs/data/synth.py',
+          f'--config.source.inputs={stems_root}', f'--config.output_dir={output_dir}', '--config.build_tfds=False',
+          '--config.select.frame_s=1.0', '--config.select.stride_s=0.5', '--config.select.min_window_s=2.0',
+          '--config.demucs.name=demucs_unittest', *extra]
+
+
+def test_kill_and_resume(clean_run, stems_root, tmp_path):
+  """SIGKILL the CLI once its first clip is written, rerun it: same manifest and tokens as a clean run."""
+  out = tmp_path / 'tokens'
+  args = _cli(stems_root, out, '--config.beam.direct_running_mode=in_memory', '--config.beam.num_workers=1')
+  proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list((out / 'clips').glob('*.npz')):
+      time.sleep(0.02)
+    assert proc.poll() is None, 'the run ended before it could be killed'
+    os.kill(proc.pid, signal.SIGKILL)
+  finally:
+    proc.wait(timeout=30)
+  assert 0 < len(list((out / 'clips').glob('*.npz'))) < len(EXPECTED_WINDOWS)
+  assert not (out / manifest.MANIFEST_NAME).exists()
+  for path in (out / 'clips').glob('*.npz'):  # every clip on disk is whole
+    with np.load(path) as z:
+      assert z['lead'].shape[0] == 4
+  done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=180)
+  assert done.returncode == 1, done.stderr[-3000:]  # the bad inputs failed
+  assert f'clips {len(EXPECTED_WINDOWS)} |' in done.stdout and f'failures {len(BAD)}' in done.stdout
+  assert_same_output(clean_run[0], out)
+  assert not list(out.rglob('.*.tmp'))
+
+
+def test_cli_refuses_bad_urls(tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'preprocessing', '--config=configs/data/youtube.py',
+       '--config.source.inputs=file:///etc/passwd', f'--config.output_dir={tmp_path}'],
+      cwd=REPO, capture_output=True, text=True, timeout=60)
+  assert done.returncode == 2 and 'only http:// and https://' in done.stderr
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+  def log_message(self, *args):
+    pass
+
+
+def test_youtube_source_with_separation(tmp_path):
+  """yt-dlp from a local server -> demucs_unittest -> clips; a missing URL becomes a failure."""
+  www = tmp_path / 'www'
+  www.mkdir()
+  mix = np.stack([_tone(3, 220) + _tone(3, 660), _tone(3, 220) + _tone(3, 330)], 1)
+  sf.write(www / 'tune.wav', mix, SR_IN)
+  server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_QuietHandler, directory=www))
+  thread = threading.Thread(target=server.serve_forever, kwargs={'poll_interval': 0.1}, daemon=True)
+  thread.start()
+  try:
+    host = f'http://127.0.0.1:{server.server_address[1]}'
+    config = make_config(f'{host}/tune.wav,{host}/missing.wav', tmp_path / 'tokens', kind='youtube')
+    config.source.allowed_hosts = ('127.0.0.1',)
+    config.source.socket_timeout_s = 5.0
+    summary = pipeline.run(config)
+  finally:
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+  assert (tmp_path / 'tokens' / 'work' / 'downloads' / 'generic-tune.wav').exists()
+  assert [f['stage'] for f in summary.failures] == ['expand'] and 'missing.wav' in summary.failures[0]['item']
+  assert summary.recordings == 1 and summary.clips >= 1
+  assert {r.recording_id for r in manifest.read_manifest(tmp_path / 'tokens')} == {'generic-tune'}
+
+
+def test_filosax_prepare(tmp_path):
+  """FiloSax through the Prepare stage: Backing/01/*.wav summed, each participant's take paired, cropped."""
+  root = tmp_path / 'FiloSax'
+  for path, wave in {'Backing/01/Bass.wav': _tone(3, 55), 'Backing/01/Piano.wav': _tone(2.5, 262),
+                     'Participant 1/01/Sax.wav': _tone(3, 440), 'Participant 2/01/Sax.wav': _tone(3.2, 494),
+                     'Participant 2/02/Sax.wav': _tone(3, 523)}.items():
+    (root / path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(root / path, wave, SR_IN)
+  recordings = ingest.list_filosax(str(root))
+  prepare = pipeline.Prepare(json.loads(make_config(root, tmp_path / 'tokens', kind='filosax').to_json()))
+  prepare.setup()
+  outputs = {r.recording_id: list(prepare.process(r)) for r in recordings}
+  backing, solo = {}, {}
+  for rid in ('filosax_p1_01', 'filosax_p2_01'):
+    [(out_rid, source, backing[rid], solo[rid])] = outputs[rid]
+    assert out_rid == rid and source == str(root / f'Participant {rid[9]}' / '01')
+    assert backing[rid].shape == solo[rid].shape == (3 * 32000,)  # cropped to the 3 s backing
+  np.testing.assert_array_equal(backing['filosax_p1_01'], backing['filosax_p2_01'])  # one backing per piece
+  spectrum = np.abs(np.fft.rfft(backing['filosax_p1_01'][:64000]))  # 2 s: both parts sound
+  assert spectrum[55 * 2] > 0.1 * spectrum.max() and spectrum[262 * 2] > 0.1 * spectrum.max()
+  [failure] = outputs['filosax_p2_02']
+  assert failure.tag == pipeline.FAILURES and 'no backing' in failure.value['reason']
