@@ -1,0 +1,108 @@
+r"""The offline end-to-end demo: synthetic jazz -> preprocessing (Beam) -> TFDS -> training -> a solo.
+
+    python -m saxgpt_jax.demo --workdir=runs/demo        (what `make demo` runs)
+
+Every stage is the project's real command line, run as a subprocess and printed first, so each one can
+be rerun or changed by hand. Everything is offline and CPU-only: the EnCodec tokenizer is the seeded random
+`random:0` codec (same architecture as facebook/encodec_32khz), so the audio it decodes is not
+meaningful music; the point is that every stage runs for real. Rerunning resumes: finished stages and
+finished work inside a stage are skipped.
+
+Stages and outputs under --workdir:
+  1. stems/      preprocessing.synth: seeded paired stems (walking bass, comping, swing drums + a sax-like lead)
+  2. tokens/     preprocessing (Beam DirectRunner): RMS windows, clips, EnCodec tokens, manifest
+     tfds/       the `saxgpt_tokens` ArrayRecord shards, split by recording
+  3. train/      saxgpt_jax.train with configs/tiny.py: checkpoints, metrics.jsonl, TensorBoard
+  4. generated/  saxgpt_jax.generate on a held-out (test split) backing: *_solo.wav, *_mix.wav, tokens
+  5. eval/       saxgpt_jax.evaluate on the test split: report.json and PNG plots
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/demo', 'Where every stage writes (see the module docstring).')
+_NUM_PIECES = flags.DEFINE_integer('num_pieces', 8, 'Synthetic recordings (split 0.8/0.1/0.1 by recording).')
+_SECONDS = flags.DEFINE_float('seconds', 24.0, 'Length of each synthetic recording in seconds.')
+_STEPS = flags.DEFINE_integer('steps', 300, 'Training steps of configs/tiny.py.')
+_WORKERS = flags.DEFINE_integer('workers', 2, 'Beam DirectRunner worker processes for preprocessing.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the synthetic dataset.')
+_CODEC = 'random:0'
+
+
+def _run(title: str, args: list[str]) -> None:
+  """Runs one stage's command, printing it first; a failure stops the demo with the command to rerun."""
+  print(f'\n=== {title}\n$ {shlex.join(args)}', flush=True)
+  t0 = time.time()
+  result = subprocess.run(args, check=False)
+  if result.returncode != 0:
+    raise SystemExit(f'stage "{title}" failed (exit {result.returncode}); fix the message above and rerun '
+                     f'`python -m saxgpt_jax.demo --workdir={_WORKDIR.value}` (finished stages are skipped).')
+  print(f'=== {title}: done in {time.time() - t0:.0f} s', flush=True)
+
+
+def _held_out_backing(config_args: list[str], stems: Path) -> Path:
+  """The backing track of the first test-split recording (never seen in training)."""
+  from saxgpt_jax import data  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+
+  config = tiny.get_config()
+  config.data.data_dir = config_args[0]
+  source = data.data_source(config, 'test')
+  rec = source[0]['recording_id']
+  rec = rec.decode() if isinstance(rec, bytes) else str(rec)
+  path = stems / rec / 'backing.wav'
+  if not path.exists():
+    raise SystemExit(f'test recording {rec} has no backing at {path}; rerun the demo with a fresh --workdir.')
+  return path
+
+
+def main(argv):
+  del argv
+  work = Path(_WORKDIR.value)
+  work.mkdir(parents=True, exist_ok=True)
+  py = sys.executable
+  stems, tokens, tfds_dir = work / 'stems', work / 'tokens', work / 'tfds'
+  train_dir, gen_dir, eval_dir = work / 'train', work / 'generated', work / 'eval'
+  t0 = time.time()
+
+  _run('1/5 synthesise paired jazz stems',
+       [py, '-m', 'preprocessing.synth', f'--out={stems}', f'--num_pieces={_NUM_PIECES.value}',
+        f'--seconds={_SECONDS.value}', f'--seed={_SEED.value}'])
+  _run('2/5 preprocess on Apache Beam and build the TFDS shards',
+       [py, '-m', 'preprocessing', '--config=configs/data/synth.py', f'--config.source.inputs={stems}',
+        f'--config.output_dir={tokens}', f'--config.tfds_data_dir={tfds_dir}',
+        f'--config.codec.weights={_CODEC}', f'--config.beam.num_workers={_WORKERS.value}'])
+  train_overrides = [f'--config.data.data_dir={tfds_dir}', f'--config.data.codec={_CODEC}',
+                     f'--config.train.num_steps={_STEPS.value}']
+  _run('3/5 train configs/tiny.py', [py, '-m', 'saxgpt_jax.train', '--config=configs/tiny.py',
+                                     f'--workdir={train_dir}', *train_overrides])
+  backing = _held_out_backing([str(tfds_dir)], stems)
+  _run('4/5 generate a solo for a held-out backing track',
+       [py, '-m', 'saxgpt_jax.generate', f'--checkpoint={train_dir}', f'--backing={backing}',
+        f'--output={gen_dir}', f'--codec={_CODEC}', '--seed=0'])
+  _run('5/5 evaluate on the test split', [py, '-m', 'saxgpt_jax.evaluate', f'--checkpoint={train_dir}',
+                                          '--split=test', f'--output={eval_dir}', f'--codec={_CODEC}'])
+
+  metrics = [json.loads(line) for line in (train_dir / 'metrics.jsonl').read_text().splitlines() if line.strip()]
+  losses = [(m['step'], m['loss']) for m in metrics if 'loss' in m and m.get('split', 'train') == 'train']
+  print(f'\nDemo finished in {time.time() - t0:.0f} s. Outputs under {work}/:')
+  if losses:
+    print(f'  training loss: {losses[0][1]:.3f} at step {losses[0][0]} -> {losses[-1][1]:.3f} at step {losses[-1][0]}')
+  for path in sorted(list(gen_dir.glob('*')) + list(eval_dir.glob('*'))):
+    print(f'  {path}')
+  print('The tokenizer is the seeded random codec, so the WAVs are not meaningful music; see the README for '
+        'the same commands with real EnCodec/Demucs weights.')
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  app.run(main)
