@@ -340,12 +340,7 @@ def build(p: beam.Pipeline, cfg: dict) -> None:
     urls = ingest.read_url_inputs(cfg['source']['inputs'], cfg['source']['allowed_hosts'])
     expanded = (p | 'Urls' >> beam.Create(urls) | 'SpreadUrls' >> beam.Reshuffle()
                 | 'Expand' >> beam.ParDo(ExpandUrls(cfg)).with_outputs(FAILURES, main='videos'))
-    videos = expanded.videos
-    if cfg['source']['max_downloads']:
-      videos = (videos | 'FirstN' >> beam.combiners.Top.Of(cfg['source']['max_downloads'],
-                                                           key=lambda v: v.recording_id, reverse=True)
-                | 'Flatten1' >> beam.FlatMap(lambda vs: vs))
-    downloaded = (videos | 'SpreadVideos' >> beam.Reshuffle()
+    downloaded = (expanded.videos | 'SpreadVideos' >> beam.Reshuffle()
                   | 'Download' >> beam.ParDo(Download(cfg)).with_outputs(FAILURES, main='recordings'))
     recordings, failures = downloaded.recordings, [expanded[FAILURES], downloaded[FAILURES]]
   else:

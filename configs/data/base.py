@@ -18,7 +18,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.source.inputs = ''
   # youtube: hosts a URL may name (a host or any subdomain of it); anything else is rejected.
   c.source.allowed_hosts = ('youtube.com', 'youtu.be')
-  c.source.max_downloads = 0  # 0 = all; otherwise the first N videos after playlist expansion
   c.source.socket_timeout_s = 30.0
   # local: extensions listed from folders (a file named directly is always tried).
   c.source.extensions = ('wav', 'flac', 'mp3', 'ogg', 'opus', 'm4a', 'aac', 'aiff', 'aif', 'webm', 'mp4', 'wma')

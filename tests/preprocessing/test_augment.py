@@ -43,3 +43,41 @@ def test_copies_lengths_and_pitch():
 def test_copies_need_equal_stems():
   with pytest.raises(ValueError, match='same shape'):
     list(augment.copies(np.zeros(10, np.float32), np.zeros(11, np.float32), SR, ['none']))
+
+
+class _FrameCodec:
+  """Stands in for codec.Codec in the tokenize stage: 50 frames/s, codes from the audio level."""
+  info = __import__('preprocessing.manifest', fromlist=['CodecInfo']).CodecInfo(name='fake')
+
+  def encode(self, wave, sr):
+    n = -(-len(wave) * 50 // sr)
+    return np.full((4, n), int(1000 * np.abs(wave).mean()) % 2048, np.int16)
+
+
+def test_augmented_copies_in_the_tokenize_stage(tmp_path):
+  """Each copy is its own clip with the source's recording_id, tag and window; a rerun reuses the files."""
+  from configs.data import base
+  from preprocessing import manifest, pipeline
+
+  config = base.get_config()
+  config.output_dir = str(tmp_path)
+  config.audio.sample_rate = SR
+  config.augment.pitch_semitones, config.augment.tempo_rates = (-2, 2), (0.9, 1.1)
+  stage = pipeline.AugmentTokenize(config.to_dict())
+  stage._codec = _FrameCodec()  # what setup() loads
+  t = np.arange(2 * SR) / SR
+  task = pipeline.ClipTask('rec', 'src', 1.0, 3.0, (0.1 * np.sin(t * 600)).astype(np.float32),
+                           (0.2 * np.sin(t * 2000)).astype(np.float32))
+  results = [r for r in stage.process(task) if not hasattr(r, 'tag')]
+  records = {r.augmentation: r for _, (status, r) in results if status == 'ok'}
+  assert [rid for rid, _ in results] == ['rec'] * 5 and sorted(records) == sorted(augment.tags((-2, 2), (0.9, 1.1)))
+  for tag, rate in (('none', 1), ('pitch-2', 1), ('pitch+2', 1), ('tempo0.9', 0.9), ('tempo1.1', 1.1)):
+    record = records[tag]
+    assert (record.recording_id, record.clip_start_s, record.clip_end_s) == ('rec', 1.0, 3.0)
+    assert record.clip_id == f'rec__00001000-00003000__{augment.id_suffix(tag)}'
+    assert record.num_frames == -(-round(2 * SR / rate) * 50 // SR)
+    backing, lead = manifest.load_clip(tmp_path, record)
+    assert backing.shape == lead.shape == (4, record.num_frames)
+  stage._codec.encode = None  # a rerun must not encode again
+  again = {r.augmentation: r for _, (status, r) in stage.process(task) if status == 'ok'}
+  assert again == records
