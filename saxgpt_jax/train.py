@@ -324,8 +324,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       if preemption.reached(step):
         if pending is not None:
           window.add(*pending)
-        mngr.save(step, args=checkpoint.train_save_args(state.params, state.checkpoint_items(), train_iter),
-                  force=True)
+        if mngr.latest_step() != step:  # the step may have just been saved on schedule
+          mngr.save(step, args=checkpoint.train_save_args(state.params, state.checkpoint_items(), train_iter),
+                    force=True)
         mngr.wait_until_finished()
         if is_main:
           logging.warning('preempted: saved checkpoint %d in %s; exiting so the run can resume', step, ckpt_dir)

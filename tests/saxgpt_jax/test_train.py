@@ -1,0 +1,251 @@
+"""Training end to end on CPU through `python -m saxgpt_jax.train`: mesh equivalence, two processes over
+gloo, exact resume after kill -9, SIGTERM checkpoints, divergence handling, and config errors.
+
+All runs share one tiny model (1+1 layers, d_model 32, 16-frame windows, dropout on) and a TFDS dataset of
+random tokens built once. The uninterrupted one-device run is the reference the other runs must match.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from preprocessing import manifest, tfds_builder
+from saxgpt_jax import checkpoint
+from saxgpt_jax import metrics_log
+from saxgpt_jax import train
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NUM_STEPS = 8
+OVERRIDES = {
+    'model.num_encoder_layers': 1, 'model.num_decoder_layers': 1, 'model.d_model': 32,
+    'model.dim_feedforward': 64, 'model.max_seq_len': 21, 'data.seq_len': 16, 'data.stride': 8,
+    'train.global_batch_size': 8, 'train.num_steps': NUM_STEPS, 'train.log_every': 1,
+    'train.eval_every': 100, 'train.eval_batches': 1, 'train.checkpoint_every': 2,
+}
+SUBPROCESS_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """12 clips of 20..60 random frames in 6 recordings, split 3/1.5/1.5 by recording."""
+  tokens_dir = tmp_path_factory.mktemp('tokens')
+  rng = np.random.default_rng(1)
+  records = []
+  for i in range(12):
+    n = int(rng.integers(20, 60))
+    rec = manifest.ClipRecord(f'clip{i}', f'rec{i // 2}', 0.0, n / 50, 'none', n, manifest.CodecInfo(),
+                              f'clips/clip{i}.npz')
+    manifest.write_clip(tokens_dir, rec, *rng.integers(0, 2048, (2, 4, n), dtype=np.int16))
+    records.append(rec)
+  manifest.append_records(tokens_dir, records)
+  out = tmp_path_factory.mktemp('tfds')
+  tfds_builder.build_dataset(tokens_dir, out, split_fractions=(0.5, 0.25, 0.25))
+  return out
+
+
+def make_config(data_dir, **overrides):
+  config = tiny.get_config()
+  for key, value in {**OVERRIDES, 'data.data_dir': str(data_dir), **overrides}.items():
+    section, name = key.split('.')
+    config[section][name] = value
+  return config
+
+
+def train_losses(workdir):
+  return {step: record['loss'] for step, record in metrics_log.read_metrics(workdir, 'train').items()}
+
+
+def assert_losses_close(got, want, rtol):
+  assert sorted(got) == sorted(want), (sorted(got), sorted(want))
+  np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=rtol)
+
+
+def test_config_errors_are_clear_and_early(data_dir, tmp_path):
+  bad = make_config(tmp_path / 'nowhere', **{
+      'model.num_heads': 5, 'mesh.data': 3, 'train.global_batch_size': 6, 'model.max_seq_len': 20})
+  with pytest.raises(train.ConfigError) as error:
+    train.validate_config(bad, 8)
+  message = str(error.value)
+  for expected in ('num_heads=5 does not divide', 'mesh', 'max_seq_len=20', 'no TFDS dataset'):
+    assert expected in message, message
+  with pytest.raises(train.ConfigError, match='not divisible by mesh.data'):
+    train.validate_config(make_config(data_dir, **{'train.num_microbatches': 3}), 8)
+  assert train.validate_config(make_config(data_dir, **{'mesh.fsdp': 2}), 8) == (4, 2, 1)
+
+
+
+# --- The real command line in subprocesses ----------------------------------------------------------
+# Each subprocess has its own XLA_FLAGS (device count; optimization level 0 compiles this tiny model ~8x
+# faster) and shares one persistent compilation cache, so reruns of the same program do not compile again.
+
+
+@pytest.fixture(scope='module')
+def compile_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp('jax_cache')
+
+
+def command(data_dir, workdir, **overrides):
+  config = {**OVERRIDES, 'data.data_dir': str(data_dir), **overrides}
+  return [sys.executable, '-m', 'saxgpt_jax.train', '--config=configs/tiny.py', f'--workdir={workdir}'] + [
+      f'--config.{key}={value}' for key, value in config.items()]
+
+
+def environment(compile_cache, devices=1):
+  env = dict(os.environ)
+  env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0',
+             JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(compile_cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', PYTHONUNBUFFERED='1')
+  return env
+
+
+def start(args, env, log_path):
+  with open(log_path, 'w') as log:
+    return subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def finish(process, log_path):
+  """Waits (bounded) and returns (exit code, output)."""
+  try:
+    process.wait(timeout=SUBPROCESS_TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    process.wait()
+    pytest.fail(f'timed out after {SUBPROCESS_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}')
+  return process.returncode, log_path.read_text()
+
+
+def run(args, env, log_path):
+  code, output = finish(start(args, env, log_path), log_path)
+  assert code == 0, output[-3000:]
+  return output
+
+
+def wait_for_checkpoint(process, directory, step, log_path):
+  deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+  while not (directory / str(step) / 'commit_success.txt').exists():
+    if process.poll() is not None:
+      pytest.fail(f'training exited ({process.returncode}) before checkpoint {step}:\n{log_path.read_text()[-3000:]}')
+    if time.monotonic() > deadline:
+      process.kill()
+      process.wait()
+      pytest.fail(f'no checkpoint {step} after {SUBPROCESS_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}')
+    time.sleep(0.01)
+
+
+@pytest.fixture(scope='module')
+def reference(data_dir, compile_cache, tmp_path_factory):
+  """One device, one process, uninterrupted: ({step: train loss}, workdir, output)."""
+  workdir = tmp_path_factory.mktemp('reference')
+  output = run(command(data_dir, workdir), environment(compile_cache), workdir.parent / 'reference.log')
+  losses = train_losses(workdir)
+  assert sorted(losses) == list(range(1, NUM_STEPS + 1)), output[-3000:]
+  assert all(np.isfinite(list(losses.values())))
+  return losses, workdir, output
+
+
+def test_command_trains_evaluates_checkpoints_and_reports(reference):
+  _, workdir, output = reference
+  for expected in ("mesh {'data': 1, 'fsdp': 1, 'tensor': 1}", 'parameters ', 'MiB', 'train step compiled in',
+                   'validation loss', 'test: loss'):
+    assert expected in output, output[-3000:]
+  final = metrics_log.read_metrics(workdir, 'train')[NUM_STEPS]
+  assert {'learning_rate', 'grad_norm', 'frames_per_s', 'step_time_s', 'accuracy_k3'} <= set(final)
+  assert set(metrics_log.read_metrics(workdir, 'validation')) == {NUM_STEPS}
+  assert metrics_log.read_metrics(workdir, 'test')[NUM_STEPS]['perplexity'] > 1
+  assert any((workdir / 'tensorboard').iterdir())
+  with checkpoint.manager(workdir / 'checkpoints', read_only=True) as mngr:
+    assert mngr.all_steps() == [4, 6, 8]  # keep_latest=3; step 8 is also the best (only) validated one
+    assert checkpoint.best_step(mngr) == NUM_STEPS
+  model, config = checkpoint.load_model(workdir, best=True)
+  assert config.model.d_model == 32 and model.cfg.d_model == 32
+
+
+@pytest.mark.slow
+def test_mesh_2x2x2_equals_one_device(data_dir, reference, compile_cache, tmp_path):
+  args = command(data_dir, tmp_path, **{'mesh.data': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2})
+  output = run(args, environment(compile_cache, devices=8), tmp_path / 'run.log')
+  assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in output
+  assert_losses_close(train_losses(tmp_path), reference[0], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_continues_exactly(data_dir, reference, compile_cache, tmp_path):
+  workdir, log_path = tmp_path / 'run', tmp_path / 'first.log'
+  first = start(command(data_dir, workdir), environment(compile_cache), log_path)
+  wait_for_checkpoint(first, workdir / 'checkpoints', 2, log_path)
+  first.send_signal(signal.SIGKILL)
+  assert finish(first, log_path)[0] == -signal.SIGKILL
+  assert not metrics_log.read_metrics(workdir, 'test'), 'the run ended before kill -9: nothing was tested'
+  seen = len((workdir / 'metrics.jsonl').read_text().splitlines())
+
+  output = run(command(data_dir, workdir), environment(compile_cache), tmp_path / 'second.log')
+  assert 'resumed from checkpoint' in output, output[-3000:]
+  resumed_from = int(output.split('resumed from checkpoint ')[1].split(';')[0])
+  assert 2 <= resumed_from < NUM_STEPS
+  new_records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()[seen:]]
+  resumed = {r['step']: r['loss'] for r in new_records if r['split'] == 'train'}
+  want = {step: loss for step, loss in reference[0].items() if step > resumed_from}
+  assert resumed == want  # same program, same batches, same dropout: bit-identical
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_0(data_dir, compile_cache, tmp_path):
+  workdir, log_path = tmp_path / 'run', tmp_path / 'run.log'
+  process = start(command(data_dir, workdir, **{'train.num_steps': 10_000}), environment(compile_cache), log_path)
+  wait_for_checkpoint(process, workdir / 'checkpoints', 2, log_path)
+  process.send_signal(signal.SIGTERM)
+  code, output = finish(process, log_path)
+  assert code == 0, output[-3000:]
+  assert 'preempted: saved checkpoint' in output, output[-3000:]
+  saved = int(output.split('preempted: saved checkpoint ')[1].split()[0])
+  with checkpoint.manager(workdir / 'checkpoints', read_only=True) as mngr:
+    assert mngr.latest_step() == saved >= 2
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, compile_cache, tmp_path):
+  # Adam moves every weight by ~lr: 1e37 keeps step 1 finite and overflows the activations of step 2.
+  args = command(data_dir, tmp_path, **{'train.learning_rate': 1e37, 'train.warmup_steps': 0,
+                                        'train.checkpoint_every': 1})
+  code, output = finish(start(args, environment(compile_cache), tmp_path / 'run.log'), tmp_path / 'run.log')
+  assert code == 1, output[-3000:]
+  assert 'non-finite training loss' in output and 'at step 2' in output, output[-3000:]
+  with checkpoint.manager(tmp_path / 'checkpoints', read_only=True) as mngr:
+    assert mngr.all_steps() == [1]
+  assert sorted(train_losses(tmp_path)) == [1]
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_over_gloo_equal_one_process(data_dir, reference, compile_cache, tmp_path):
+  workdir, port = tmp_path / 'run', free_port()
+  processes = []
+  for process_id in range(2):
+    args = command(data_dir, workdir) + [
+        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={process_id}']
+    log_path = tmp_path / f'process{process_id}.log'
+    processes.append((start(args, environment(compile_cache), log_path), log_path))
+  outputs = []
+  for process, log_path in processes:
+    code, output = finish(process, log_path)
+    assert code == 0, output[-3000:]
+    outputs.append(output)
+  assert "processes 2, devices 2" in outputs[0] and "mesh {'data': 2" in outputs[0], outputs[0][-3000:]
+  assert 'parameters' not in outputs[1]  # only process 0 reports
+  assert_losses_close(train_losses(workdir), reference[0], rtol=1e-5)
+  ref_test = metrics_log.read_metrics(reference[1], 'test')[NUM_STEPS]['loss']
+  np.testing.assert_allclose(metrics_log.read_metrics(workdir, 'test')[NUM_STEPS]['loss'], ref_test, rtol=1e-5)
