@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
@@ -43,9 +44,19 @@ class CheckpointError(RuntimeError):
   """A checkpoint directory is missing, empty or inconsistent."""
 
 
-def checkpoint_dir(directory: str | os.PathLike) -> Path:
+def as_path(directory: str | os.PathLike) -> epath.Path:
+  """An etils path: local paths expanded and absolute; gs:// and other remote URLs as they are."""
+  path = epath.Path(directory)
+  return path if is_remote(path) else epath.Path(Path(directory).expanduser().resolve())
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  return '://' in os.fspath(path)
+
+
+def checkpoint_dir(directory: str | os.PathLike) -> epath.Path:
   """The CheckpointManager directory for a checkpoint directory or a training workdir."""
-  directory = Path(directory).expanduser().resolve()
+  directory = as_path(directory)
   if (directory / CHECKPOINT_SUBDIR / CONFIG_FILE).exists():
     return directory / CHECKPOINT_SUBDIR
   return directory
@@ -55,10 +66,14 @@ def write_config(directory: str | os.PathLike, config: ml_collections.ConfigDict
   """Writes `directory/config.json` atomically (process 0 only)."""
   if jax.process_index() != 0:
     return
-  directory = Path(directory)
+  directory = as_path(directory)
   directory.mkdir(parents=True, exist_ok=True)
+  text = config.to_json_best_effort(indent=2, sort_keys=True)
+  if is_remote(directory):  # object stores replace whole objects atomically
+    (directory / CONFIG_FILE).write_text(text)
+    return
   tmp = directory / f'.{CONFIG_FILE}.tmp'
-  tmp.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+  tmp.write_text(text)
   os.replace(tmp, directory / CONFIG_FILE)
 
 
@@ -131,7 +146,7 @@ def manager(directory: str | os.PathLike, *, keep_latest: int | None = None,
       create=not read_only, enable_async_checkpointing=async_save,
       preservation_policy=preservation, cleanup_tmp_directories=not read_only,
       best_fn=lambda metrics: metrics[BEST_METRIC], best_mode='min')  # best_fn: orbax writes metrics
-  return ocp.CheckpointManager(Path(directory).expanduser().resolve(), options=options)
+  return ocp.CheckpointManager(as_path(directory), options=options)
 
 
 def best_step(mngr: ocp.CheckpointManager) -> int | None:
@@ -163,7 +178,7 @@ def resolve_step(mngr: ocp.CheckpointManager, step: int | None = None, best: boo
 
 
 def save_params(directory: str | os.PathLike, model: nnx.Module, config: ml_collections.ConfigDict,
-                *, step: int = 0) -> Path:
+                *, step: int = 0) -> epath.Path:
   """Saves the model's parameters as checkpoint `step` (item 'params') plus `config.json`.
 
   Returns the checkpoint directory. `config.model` must describe `model` (load_model rebuilds from it).
@@ -173,7 +188,7 @@ def save_params(directory: str | os.PathLike, model: nnx.Module, config: ml_coll
     mngr.save(step, args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardSave(params)}), force=True)
     mngr.wait_until_finished()
     write_config(mngr.directory, config)
-    return Path(mngr.directory)
+    return as_path(mngr.directory)
 
 
 def restore_params(directory: str | os.PathLike, abstract_params: Any, *, step: int | None = None,

@@ -12,9 +12,8 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from pathlib import Path
-
 import jax
+from etils import epath
 
 METRICS_FILE = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
@@ -25,15 +24,19 @@ class MetricsWriter:
 
   def __init__(self, workdir: str | os.PathLike, *, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.path = Path(workdir) / METRICS_FILE
+    self.path = epath.Path(workdir) / METRICS_FILE
     self._file = None
+    self._remote_lines = None  # object stores cannot append: keep the lines and rewrite the file
     self._tensorboard = None
     if self.enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
       self.path.parent.mkdir(parents=True, exist_ok=True)
-      self._file = open(self.path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
-      self._tensorboard = SummaryWriter(logdir=str(Path(workdir) / TENSORBOARD_DIR))
+      if '://' in os.fspath(self.path):
+        self._remote_lines = self.path.read_text().splitlines() if self.path.exists() else []
+      else:
+        self._file = open(self.path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
+      self._tensorboard = SummaryWriter(logdir=os.fspath(epath.Path(workdir) / TENSORBOARD_DIR))
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     """One record; NaN/inf are written as JSON null."""
@@ -42,8 +45,12 @@ class MetricsWriter:
     values = {name: float(value) for name, value in metrics.items()}
     record = {'step': int(step), 'split': split, 'time': time.time()}
     record.update({name: value if math.isfinite(value) else None for name, value in values.items()})
-    self._file.write(json.dumps(record) + '\n')
-    self._file.flush()
+    if self._file is not None:
+      self._file.write(json.dumps(record) + '\n')
+      self._file.flush()
+    else:
+      self._remote_lines.append(json.dumps(record))
+      self.path.write_text('\n'.join(self._remote_lines) + '\n')
     for name, value in values.items():
       self._tensorboard.add_scalar(f'{split}/{name}', value, int(step))
 
@@ -53,14 +60,17 @@ class MetricsWriter:
 
   def flush(self) -> None:
     if self.enabled:
-      self._file.flush()
+      if self._file is not None:
+        self._file.flush()
       self._tensorboard.flush()
 
   def close(self) -> None:
-    if self.enabled and self._file is not None:
-      self._file.close()
+    if self.enabled and self._tensorboard is not None:
+      if self._file is not None:
+        self._file.close()
+        self._file = None
       self._tensorboard.close()
-      self._file = None
+      self._tensorboard = None
 
   def __enter__(self) -> 'MetricsWriter':
     return self
@@ -72,7 +82,7 @@ class MetricsWriter:
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> dict[int, dict]:
   """step -> the last record of that step (optionally of one split) from `WORKDIR/metrics.jsonl`."""
   records: dict[int, dict] = {}
-  path = Path(workdir) / METRICS_FILE
+  path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return records
   for line in path.read_text(encoding='utf-8').splitlines():

@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -106,7 +105,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *, chec
   if train.keep_latest < 1:
     problems.append(f'train.keep_latest={train.keep_latest} must be >= 1 (resuming needs the latest)')
   if check_dataset:
-    root = Path(config.data.data_dir).expanduser() / config.data.name
+    root = checkpoint.as_path(config.data.data_dir) / config.data.name
     if not any(root.glob('*/dataset_info.json')):
       problems.append(
           f'no TFDS dataset {config.data.name!r} under data.data_dir={config.data.data_dir!r} '
@@ -269,7 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   devices = list(jax.devices() if devices is None else devices)
   validate_config(config, len(devices), check_dataset=iterator_factory is None, process_count=jax.process_count())
   iterator_factory = iterator_factory or _default_iterator_factory
-  workdir = Path(workdir).expanduser().resolve()
+  workdir = checkpoint.as_path(workdir)
   is_main = jax.process_index() == 0
   train_cfg = config.train
   mesh = sharding_lib.make_mesh(config.mesh, devices)

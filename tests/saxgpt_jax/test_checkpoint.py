@@ -23,6 +23,14 @@ def small_config():
   return config
 
 
+def random_model(config, seed=0):
+  """SaxGPT with numpy random weights: no compile (checkpoint round trips only need distinct values)."""
+  graphdef, abstract, rest = checkpoint.abstract_model(config)
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), nnx.to_pure_dict(abstract))
+  return nnx.merge(graphdef, params, rest)
+
+
 def params_of(model):
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
@@ -33,20 +41,19 @@ def assert_same_params(a, b):
 
 def test_save_params_then_load_model(tmp_path):
   config = small_config()
-  model = checkpoint.build_model(config, seed=3)
+  model = random_model(config, seed=3)
   directory = checkpoint.save_params(tmp_path / 'converted', model, config)
   assert json.loads((directory / 'config.json').read_text())['model']['d_model'] == 32
   loaded, loaded_config = checkpoint.load_model(tmp_path / 'converted')
   assert loaded_config.model.to_dict() == config.model.to_dict()
   assert_same_params(params_of(model), params_of(loaded))
-  src = jnp.zeros((1, 4, 8), jnp.int32)
-  np.testing.assert_array_equal(model(src, src), loaded(src, src))
+  assert type(loaded).__name__ == 'SaxGPT' and loaded.cfg == model.cfg
 
 
 def test_load_model_errors_name_the_problem(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match='config.json'):
     checkpoint.load_model(tmp_path)
-  model = checkpoint.build_model(small_config())
+  model = random_model(small_config())
   checkpoint.save_params(tmp_path / 'c', model, small_config())
   with pytest.raises(checkpoint.CheckpointError, match='available steps'):
     checkpoint.load_model(tmp_path / 'c', step=7)
@@ -60,20 +67,20 @@ def test_training_checkpoint_on_8_devices_restores_on_1(tmp_path):
   config = small_config()
   mesh8 = sharding_lib.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
   assert len(jax.devices()) == 8
-  model = checkpoint.build_model(config, seed=1)
-  graphdef, abstract, _ = checkpoint.abstract_model(config)
+  model = random_model(config, seed=1)
+  _, abstract, _ = checkpoint.abstract_model(config)
   shardings8 = sharding_lib.param_shardings(abstract, mesh8)
   params = jax.device_put(params_of(model), shardings8)
   assert params['head_w'].sharding.spec == jax.sharding.PartitionSpec(None, 'fsdp', 'tensor')
   tx = optax.adam(1e-3)
-  opt_state = tx.init(params)
+  opt_state = jax.jit(tx.init)(params)  # one compile instead of one per eager op
   train = {'opt_state': opt_state, 'step': jnp.int32(5), 'rng': jax.random.key_data(jax.random.key(0))}
   workdir = tmp_path / 'run'
   ckpt_dir = workdir / checkpoint.CHECKPOINT_SUBDIR
   with checkpoint.manager(ckpt_dir, keep_latest=2, keep_best=1) as mngr:
     checkpoint.write_config(ckpt_dir, config)
     mngr.save(5, args=checkpoint.train_save_args(params, train), metrics={'val_loss': 1.0})
-    bumped = jax.tree.map(lambda x: x + 1, params)
+    bumped = jax.jit(lambda tree: jax.tree.map(lambda x: x + 1, tree))(params)
     mngr.save(10, args=checkpoint.train_save_args(bumped, train), metrics={'val_loss': 2.0})
     mngr.wait_until_finished()
 
