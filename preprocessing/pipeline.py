@@ -177,6 +177,8 @@ class SelectClips(beam.DoFn):
           f'no window of at least {sel["min_window_s"]} s where the solo RMS stays >= {sel["threshold"]} '
           f'(frame {sel["frame_s"]} s); the recording is too short or its solo too quiet.'))
       return
+    _LOG.info('%s: %d window(s), %.1f of %.1f s kept', recording_id, len(windows),
+              sum(w.end - w.start for w in windows) / sr, len(solo) / sr)
     _count('windows', len(windows))
     _count('seconds_kept', int(round(sum(w.end - w.start for w in windows) / sr)))
     for w in windows:
@@ -206,6 +208,7 @@ class AugmentTokenize(beam.DoFn):
         record = self._existing(out_dir, clip_id)
         if record is None:
           record = self._encode(out_dir, task, clip_id, tag, sr)
+          _LOG.info('wrote %s (%d frames)', record.path, record.num_frames)
           _count('clips_written')
           _count('frames_written', record.num_frames)
         else:

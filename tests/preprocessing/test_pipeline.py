@@ -138,6 +138,8 @@ def test_outputs_and_summary(clean_run):
 def test_two_workers_same_as_one(clean_run, stems_root, tmp_path):
   summary = pipeline.run(make_config(stems_root, tmp_path / 'tokens', workers=2))
   assert summary.clips == len(EXPECTED_WINDOWS)
+  assert summary.counters['clips_written'] == len(EXPECTED_WINDOWS)  # metrics gathered from both workers
+  assert summary.counters['prepare_failed'] == len(BAD) - 1
   assert_same_output(clean_run[0], tmp_path / 'tokens')
 
 
