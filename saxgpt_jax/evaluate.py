@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -126,18 +127,14 @@ def kl_divergence_bits(p_counts_kv: np.ndarray, q_counts_kv: np.ndarray,
 # --- Model passes (jax) --------------------------------------------------------------------------------------
 
 
-def make_eval_step(model):
-  """One jitted `(state, batch) -> (token stats f32 [K] each, teacher-forced argmax int32 [B, K, T])`;
-  pass `nnx.state(model)` as state."""
-  graphdef = nnx.graphdef(model)
-  padding_idx = model.cfg.padding_idx
-
-  @jax.jit
-  def step(state, batch):
-    logits = nnx.merge(graphdef, state)(batch['src'], batch['tgt_in'], batch['src_mask'])
-    return losses.token_stats(logits, batch['tgt_out'], padding_idx), jnp.argmax(logits, -1).astype(jnp.int32)
-
-  return step
+@functools.partial(jax.jit, static_argnames=('graphdef',))
+def eval_step(graphdef, state, batch):
+  """(token stats f32 [K] each, teacher-forced argmax int32 [B, K, T]) of one batch; one compile per
+  model structure and batch shape (graphdef is static, so repeated evaluations reuse it)."""
+  model = nnx.merge(graphdef, state)
+  logits = model(batch['src'], batch['tgt_in'], batch['src_mask'])
+  return (losses.token_stats(logits, batch['tgt_out'], model.cfg.padding_idx),
+          jnp.argmax(logits, -1).astype(jnp.int32))
 
 
 def delayed_to_frames(stream_bkl: np.ndarray) -> np.ndarray:
@@ -159,15 +156,14 @@ def teacher_forced_pass(model, batches, *, max_batches: int, num_examples: int, 
                         progress: bool = True) -> tuple[dict[str, float], Examples, np.ndarray]:
   """Summed token stats over the batches -> (losses.summarize(...) + num_batches/num_windows, the first
   `num_examples` windows with real targets, reference code histograms int64 [K, V] over every window)."""
-  step = make_eval_step(model)
-  state = nnx.state(model)
+  graphdef, state = nnx.split(model)
   total, kept, batches_seen, windows = None, [], 0, 0
   reference_counts = None
   bar = tqdm(total=max_batches or None, desc='teacher-forced eval', unit='batch', disable=not progress)
   for batch in batches:
     if max_batches and batches_seen >= max_batches:
       break
-    stats, argmax = jax.device_get(step(state, {k: jnp.asarray(v) for k, v in batch.items()}))
+    stats, argmax = jax.device_get(eval_step(graphdef, state, {k: jnp.asarray(v) for k, v in batch.items()}))
     stats = {k: np.asarray(v, np.float64) for k, v in stats.items()}
     total = stats if total is None else {k: total[k] + stats[k] for k in total}
     tgt_out = np.asarray(batch['tgt_out'])
