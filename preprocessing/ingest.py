@@ -220,14 +220,12 @@ def _single_root(inputs: str, layout: str) -> Path:
 def list_stems(inputs: str) -> list[Recording]:
   """ROOT/<recording_id>/{backing,solo}.wav; a folder with only one of the two fails later, by name."""
   root = _single_root(inputs, 'stems')
-  recordings = []
-  for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')):
-    backing, solo = d / 'backing.wav', d / 'solo.wav'
-    if backing.exists() or solo.exists():
-      recordings.append(Recording(manifest.safe_id(d.name), str(d), backing=(str(backing),), solo=str(solo)))
-  if not recordings:
+  folders = [(str(d), d.name) for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
+             if (d / 'backing.wav').exists() or (d / 'solo.wav').exists()]
+  if not folders:
     raise IngestError(f'No <recording_id>/backing.wav + solo.wav folders under {root}.')
-  return recordings
+  return [Recording(rid, d, backing=(str(Path(d) / 'backing.wav'),), solo=str(Path(d) / 'solo.wav'))
+          for rid, d in _unique_ids(folders).items()]
 
 
 def list_filosax(inputs: str) -> list[Recording]:

@@ -343,7 +343,9 @@ def build(p: beam.Pipeline, cfg: dict) -> None:
     urls = ingest.read_url_inputs(cfg['source']['inputs'], cfg['source']['allowed_hosts'])
     expanded = (p | 'Urls' >> beam.Create(urls) | 'SpreadUrls' >> beam.Reshuffle()
                 | 'Expand' >> beam.ParDo(ExpandUrls(cfg)).with_outputs(FAILURES, main='videos'))
-    downloaded = (expanded.videos | 'SpreadVideos' >> beam.Reshuffle()
+    downloaded = (expanded.videos | 'ById' >> beam.Map(lambda v: (v.recording_id, v))
+                  | 'GroupById' >> beam.GroupByKey()  # a video in two playlists is fetched once
+                  | 'OnePerId' >> beam.MapTuple(lambda _, videos: min(videos, key=lambda v: v.url))
                   | 'Download' >> beam.ParDo(Download(cfg)).with_outputs(FAILURES, main='recordings'))
     recordings, failures = downloaded.recordings, [expanded[FAILURES], downloaded[FAILURES]]
   else:

@@ -111,9 +111,11 @@ def test_list_stems(tmp_path):
   _wav(tmp_path / 'rec 1' / 'backing.wav')
   _wav(tmp_path / 'rec 1' / 'solo.wav')
   _wav(tmp_path / 'rec2' / 'solo.wav')  # no backing: fails later with a reason
+  _wav(tmp_path / 'rec_1' / 'solo.wav')  # the same safe id as 'rec 1': made unique
   (tmp_path / 'unrelated').mkdir()
   recordings = ingest.list_stems(str(tmp_path))
-  assert [(r.recording_id, r.is_stems) for r in recordings] == [('rec_1', True), ('rec2', True)]
+  assert [(r.recording_id, r.is_stems) for r in recordings[:2]] == [('rec_1', True), ('rec2', True)]
+  assert recordings[2].recording_id.startswith('rec_1-') and recordings[2].source == str(tmp_path / 'rec_1')
   assert recordings[0].backing == (str(tmp_path / 'rec 1' / 'backing.wav'),)
   assert recordings[0].solo == str(tmp_path / 'rec 1' / 'solo.wav')
   with pytest.raises(ingest.IngestError, match='No <recording_id>/backing.wav'):

@@ -216,7 +216,8 @@ def test_youtube_source_with_separation(tmp_path):
   thread.start()
   try:
     host = f'http://127.0.0.1:{server.server_address[1]}'
-    config = make_config(f'{host}/tune.wav,{host}/missing.wav', tmp_path / 'tokens', kind='youtube')
+    # The same video twice (e.g. in two playlists) is downloaded and processed once.
+    config = make_config(f'{host}/tune.wav,{host}/missing.wav,{host}/tune.wav', tmp_path / 'tokens', kind='youtube')
     config.source.allowed_hosts = ('127.0.0.1',)
     config.source.socket_timeout_s = 5.0
     summary = pipeline.run(config)
@@ -226,7 +227,7 @@ def test_youtube_source_with_separation(tmp_path):
     thread.join(timeout=5)
   assert (tmp_path / 'tokens' / 'work' / 'downloads' / 'generic-tune.wav').exists()
   assert [f['stage'] for f in summary.failures] == ['expand'] and 'missing.wav' in summary.failures[0]['item']
-  assert summary.recordings == 1 and summary.clips >= 1
+  assert summary.recordings == 1 and summary.clips >= 1 and summary.counters['downloads'] == 1
   assert {r.recording_id for r in manifest.read_manifest(tmp_path / 'tokens')} == {'generic-tune'}
 
 
