@@ -17,12 +17,13 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 import numpy as np
 from flax import nnx
 
 from saxgpt_jax import decode
 from saxgpt_jax.bench import compiles, timing
-from saxgpt_jax.bench.train import random_batch
+from saxgpt_jax.bench.inputs import random_batch, random_model
 from saxgpt_jax.delay import delayed_length
 from saxgpt_jax.model import ModelConfig, SaxGPT
 
@@ -95,7 +96,7 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int] = (1, 16), 
     raise ValueError(f'--steps must be in [1, model.max_seq_len={model_cfg.max_seq_len}], got {steps}')
   s = config.sample
   sampling = decode.SamplingParams.make(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, greedy=s.greedy)
-  model = SaxGPT(model_cfg, rngs=nnx.Rngs(params=config.train.seed))
+  model = random_model(model_cfg, config.train.seed)
   rng = jax.random.key(config.train.seed)
   result: dict[str, Any] = {
       'command': 'decode', 'dtype': model_cfg.dtype, 'frames': frames, 'src_len': delayed_length(frames, k),
@@ -110,8 +111,10 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int] = (1, 16), 
   for batch in batches:
     src = random_batch(model_cfg, batch, frames, seed=config.train.seed)['src']
     jax_generate, jax_encode = _jax_runs(model, src, steps, sampling, rng)
+    logging.info('decode batch %d: compiling generate (%d steps)', batch, steps)
     with compiles.watch() as first:
       jax_generate()
+    logging.info('decode batch %d: first call %.1f s (compile %.1f s); timing', batch, first.wall_s, first.compile_s)
     jax_encode()
     row = f'batch_{batch}'
     if 'recompiles_on_new_sampling' not in result:
@@ -121,6 +124,7 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int] = (1, 16), 
     if reference == 'torch':
       runs['torch'], encodes['torch'] = _torch_runs(config, src, steps)
     calls = timing.interleaved(runs, repeats=repeats, warmup=warmup)
+    logging.info('decode batch %d: %s', batch, {k: [round(x, 2) for x in v] for k, v in calls.items()})
     encode_s = timing.interleaved(encodes, repeats=repeats, warmup=0)
     for name in runs:
       result[name][row] = _figures(calls[name], encode_s[name], batch, steps)
@@ -132,6 +136,7 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int] = (1, 16), 
   if len(rows) > 1:
     result['batch_scaling'] = result['jax'][rows[-1]]['frames_per_s'] / result['jax'][rows[0]]['frames_per_s']
   if rtf_frames:
+    logging.info('decode: real-time-factor run of %d frames', rtf_frames)
     result['rtf'] = _real_time_factor(model, config, sampling, rng, rtf_frames)
   return result
 

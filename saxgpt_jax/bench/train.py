@@ -16,25 +16,15 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 import optax
 from flax import nnx
 
 from saxgpt_jax import flops as flops_lib
 from saxgpt_jax import losses
 from saxgpt_jax.bench import timing
-from saxgpt_jax.delay import apply_delay
+from saxgpt_jax.bench.inputs import random_batch, random_model
 from saxgpt_jax.model import ModelConfig, SaxGPT, count_params
-
-
-def random_batch(model_cfg: ModelConfig, batch: int, frames: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """Random codes through the delay pattern, as saxgpt_jax/data.py batches them: src int32 [B,K,L],
-  src_mask bool [B,L], tgt_in/tgt_out int32 [B,K,L-1], L = frames + K + 1."""
-  rng = np.random.default_rng(seed)
-  shape = (batch, model_cfg.num_codebooks, frames)
-  backing = apply_delay(rng.integers(0, model_cfg.codebook_size, shape, dtype=np.int32), model_cfg.padding_idx)
-  lead = apply_delay(rng.integers(0, model_cfg.codebook_size, shape, dtype=np.int32), model_cfg.padding_idx)
-  return {'src': backing, 'src_mask': np.ones(backing.shape[::2], bool), 'tgt_in': lead[..., :-1],
-          'tgt_out': lead[..., 1:]}
 
 
 def optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -98,11 +88,12 @@ def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: in
     raise ValueError(f'{frames} frames need {src_len} delayed positions but model.max_seq_len is '
                      f'{model_cfg.max_seq_len}; lower --frames or raise --config.model.max_seq_len')
   data = random_batch(model_cfg, batch, frames, seed=config.train.seed)
-  model = SaxGPT(model_cfg, rngs=nnx.Rngs(params=config.train.seed))
+  model = random_model(model_cfg, config.train.seed)
   step_fn, params, opt_state = make_jax_step(model, optimizer(config.train))
   device_batch = jax.device_put(data)
   rng = jax.random.key(config.train.seed)
 
+  logging.info('train: lowering and compiling the step (%d params)', count_params(model))
   start = time.perf_counter()
   lowered = step_fn.lower(params, opt_state, device_batch, rng)
   lower_s = time.perf_counter() - start
@@ -110,6 +101,7 @@ def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: in
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
 
+  logging.info('train: lowered in %.1f s, compiled in %.1f s; timing %d steps', lower_s, compile_s, steps)
   state = {'params': params, 'opt_state': opt_state, 'loss': None}
 
   def jax_step():
