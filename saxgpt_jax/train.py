@@ -5,8 +5,8 @@ r"""Train SaxGPT on a (data, fsdp, tensor) device mesh, with orbax checkpoints t
 Every host of a pod or cluster runs the same command. Running it again with the same --workdir resumes
 from the latest checkpoint (parameters, optimizer, step, RNG and the input pipeline position), so the
 next batch is the one an uninterrupted run would have seen. `--config.init_from=DIR` starts from the
-parameters of a converted or earlier checkpoint instead of random ones (ignored when DIR already holds
-checkpoints). On SIGTERM (or a JAX preemption notice on multi-host runs) it saves, waits and exits 0.
+parameters of a converted or earlier checkpoint instead of random ones (only for a fresh --workdir; one
+with checkpoints resumes). On SIGTERM (or a JAX preemption notice on multi-host runs) it saves, waits and exits 0.
 
 Writes DIR/checkpoints/ (orbax, + config.json), DIR/metrics.jsonl and DIR/tensorboard/.
 Multi-process CPU/GPU without a cluster manager: pass --coordinator_address=HOST:PORT
@@ -16,6 +16,7 @@ JAX_PROCESS_ID); TPU pods and SLURM are detected automatically.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import signal
@@ -137,8 +138,9 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
   """Calls jax.distributed.initialize() when the flags, the environment or a cluster say so.
 
   Explicit: coordinator/num_processes/process_id (flags or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-  JAX_PROCESS_ID). Automatic: TPU pods (more than one worker) and SLURM jobs with more than one task.
-  CPU processes talk over gloo. Returns whether it initialized.
+  JAX_PROCESS_ID). Automatic (JAX reads the cluster): TPU VMs (libtpu installed; a single host is a
+  one-process cluster) and SLURM jobs with more than one task. CPU processes talk over gloo. Must run
+  before anything touches a JAX backend. Returns whether it initialized.
   """
   env = os.environ
   coordinator_address = coordinator_address or env.get('JAX_COORDINATOR_ADDRESS') or None
@@ -146,10 +148,10 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
     num_processes = int(env['JAX_NUM_PROCESSES'])
   if process_id is None and env.get('JAX_PROCESS_ID'):
     process_id = int(env['JAX_PROCESS_ID'])
-  tpu_pod = len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1
+  on_tpu_vm = importlib.util.find_spec('libtpu') is not None and env.get('JAX_PLATFORMS', 'tpu') in ('', 'tpu')
   slurm = int(env.get('SLURM_NTASKS', '1') or 1) > 1 and 'SLURM_JOB_ID' in env
   explicit = coordinator_address is not None or (num_processes or 1) > 1
-  if not (explicit or tpu_pod or slurm):
+  if not (explicit or on_tpu_vm or slurm):
     return False
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if explicit:
@@ -220,7 +222,7 @@ class _TrainWindow:
     self.grad_norms.append(grad_norm)
     self.learning_rate = float(metrics['learning_rate'])
     self.steps += 1
-    return {'loss': loss}
+    return loss
 
   def summary(self, trainer: train_state.Trainer, step_flops: float, peak: float | None) -> dict[str, float]:
     elapsed = time.perf_counter() - self.start
@@ -303,8 +305,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   report = _startup_report(trainer, compile_s, workdir, start_step, source)
   if is_main:
     print(report, flush=True)
-  step_flops = flops.train_flops_per_step(config.model, train_cfg.global_batch_size, config.data.seq_len + config.model.num_codebooks + 1,
-                                          config.data.seq_len + config.model.num_codebooks)
+  src_len = config.data.seq_len + config.model.num_codebooks + 1  # delayed; the decoder sees src_len - 1
+  step_flops = flops.train_flops_per_step(config.model, train_cfg.global_batch_size, src_len, src_len - 1)
   peak = flops.peak_flops_per_device(devices[0])
 
   def run_eval(split: str, params) -> dict[str, float]:
@@ -316,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   preemption = _Preemption(mngr)
   progress = tqdm(total=train_cfg.num_steps, initial=start_step, desc='train', disable=not is_main,
                   dynamic_ncols=True)
-  window, pending, last = _TrainWindow(), None, {}
+  window, pending, last, postfix = _TrainWindow(), None, {}, {}
   step = start_step
   try:
     while step < train_cfg.num_steps:
@@ -334,7 +336,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       state, metrics = train_step(state, batch)
       step += 1
       if pending is not None:  # the previous step's metrics: ready by now, so no stall
-        progress.set_postfix(window.add(*pending), refresh=False)
+        postfix['loss'] = f'{window.add(*pending):.4f}'
+        progress.set_postfix(postfix, refresh=False)
       pending = (step, metrics)
       progress.update(1)
 
@@ -345,7 +348,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         pending = None
         last = window.summary(trainer, step_flops, peak)
         writer.write(step, 'train', last)
-        progress.set_postfix(loss=f'{last["loss"]:.4f}', frames_s=f'{last["frames_per_s"]:.0f}', refresh=False)
+        postfix.update(loss=f'{last["loss"]:.4f}', frames_s=f'{last["frames_per_s"]:.0f}')
+        progress.set_postfix(postfix, refresh=False)
         window = _TrainWindow()
       val = None
       if is_eval:
@@ -361,7 +365,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       window.start = time.perf_counter() if (is_eval or is_save) else window.start
     if pending is not None:
       window.add(*pending)
-    test = run_eval(TEST_SPLIT, state.params)
+    batches = iterator_factory(config, TEST_SPLIT, shuffle=False, num_epochs=1, **shard)
+    test = evaluate(trainer, state.params, batches)  # the whole test split
     writer.write(step, TEST_SPLIT, test)
     last.update({f'test_{name}': value for name, value in test.items()})
     if is_main:
@@ -390,9 +395,11 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (0-based; o
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}; use --flag=value')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, tfds, jax) drowns the progress bar
   maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  if jax.process_index() != 0 or not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, tfds) drowns the progress bar
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.ERROR)
   try:
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, TrainingDivergedError, checkpoint.CheckpointError) as e:

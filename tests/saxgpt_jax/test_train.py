@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -21,7 +22,9 @@ from configs import tiny
 from preprocessing import manifest, tfds_builder
 from saxgpt_jax import checkpoint
 from saxgpt_jax import metrics_log
+from saxgpt_jax import sharding
 from saxgpt_jax import train
+from saxgpt_jax import train_state
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_STEPS = 8
@@ -81,6 +84,41 @@ def test_config_errors_are_clear_and_early(data_dir, tmp_path):
     train.validate_config(make_config(data_dir, **{'train.num_microbatches': 3}), 8)
   assert train.validate_config(make_config(data_dir, **{'mesh.fsdp': 2}), 8) == (4, 2, 1)
 
+
+
+FAST_COMPILE = {'xla_backend_optimization_level': 0}
+
+
+def compiled_step(trainer):
+  """(initial state, compiled train step) with the fast CPU compile options."""
+  state = trainer.init.lower(0).compile(compiler_options=FAST_COMPILE)(0)
+  step = trainer.train_step.lower(trainer.abstract_sharded_state(), trainer.abstract_batch).compile(
+      compiler_options=FAST_COMPILE)
+  return state, step
+
+
+def test_microbatches_accumulate_to_the_full_batch_step(data_dir):
+  """2 microbatches (scan inside the step) give the loss, gradient norm and update of one big batch;
+  padding differs between rows, so the loss is normalised over all targets, not per microbatch."""
+  rng = np.random.default_rng(0)
+  length = OVERRIDES['data.seq_len'] + 4 + 1
+  batch = {'src': rng.integers(0, 2048, (8, 4, length)), 'src_mask': np.ones((8, length), bool),
+           'tgt_in': rng.integers(0, 2048, (8, 4, length - 1)), 'tgt_out': rng.integers(0, 2048, (8, 4, length - 1))}
+  batch['tgt_out'][::3, :, 5:] = 2048
+  batch = {name: value.astype(np.int32) if value.dtype != bool else value for name, value in batch.items()}
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 1, 'tensor': 1}, jax.devices()[:2])
+  results = []
+  for microbatches in (1, 2):
+    config = make_config(data_dir, **{'train.num_microbatches': microbatches, 'model.dropout': 0.0})
+    trainer = train_state.make_trainer(config, mesh)
+    state, step = compiled_step(trainer)
+    new_state, metrics = step(state, sharding.global_batch(batch, mesh))
+    results.append((jax.device_get(new_state.params), jax.device_get(metrics)))
+  (params1, metrics1), (params2, metrics2) = results
+  for name in ('nll_sum', 'correct', 'count'):
+    np.testing.assert_allclose(metrics2['stats'][name], metrics1['stats'][name], rtol=1e-5)
+  np.testing.assert_allclose(metrics2['grad_norm'], metrics1['grad_norm'], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), params2, params1)
 
 
 # --- The real command line in subprocesses ----------------------------------------------------------
