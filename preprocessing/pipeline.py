@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from preprocessing import augment, ingest, manifest, select
 
@@ -336,6 +336,21 @@ def pipeline_options(cfg: dict, beam_args: Sequence[str] = ()) -> PipelineOption
   return PipelineOptions(args)
 
 
+def _direct_runner(options: PipelineOptions):
+  """For --runner=DirectRunner: Beam's Python FnApiRunner, the engine that honours direct_running_mode and
+  direct_num_workers (Beam 2.77's DirectRunner would first try Prism, a binary it downloads). None for
+  any other runner, which Beam then builds from --runner."""
+  if (options.view_as(StandardOptions).runner or 'DirectRunner') != 'DirectRunner':
+    return None
+  from apache_beam.portability.api import beam_provision_api_pb2
+  from apache_beam.runners.portability.fn_api_runner import fn_runner
+  from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+  encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+  return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+      beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
 def build(p: beam.Pipeline, cfg: dict) -> None:
   """Adds every stage to `p`."""
   kind = cfg['source']['kind']
@@ -440,7 +455,8 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
   ingest.remove_partial_downloads(Path(cfg['work_dir']) / 'downloads')
   _ensure_importable_by_workers()
 
-  p = beam.Pipeline(options=pipeline_options(cfg, beam_args))
+  options = pipeline_options(cfg, beam_args)
+  p = beam.Pipeline(runner=_direct_runner(options), options=options)
   build(p, cfg)
   result = p.run()
   result.wait_until_finish()

@@ -2,7 +2,8 @@
 
 Frame i covers [i * stride, i * stride + frame) seconds. A frame is active when the RMS of the solo in it
 is at least `threshold`. Each run of consecutive active frames i..j gives the window
-[i * stride, j * stride + frame); windows shorter than `min_window_s` are dropped. Defaults (config.select):
+[i * stride, j * stride + frame); windows that overlap (runs less than a frame apart) are merged, so no
+audio lands in two clips; windows shorter than `min_window_s` are then dropped. Defaults (config.select):
 threshold 0.05 on -14 LUFS audio, frame 10 s, stride 0.2 s, minimum window 30 s.
 """
 
@@ -46,9 +47,11 @@ def rms_windows(solo: np.ndarray, sr: int, *, threshold: float = 0.05, frame_s: 
   active = frame_rms(solo, frame, hop) >= threshold
   # Runs of True: edges of the padded boolean sequence.
   edges = np.flatnonzero(np.diff(np.concatenate([[False], active, [False]]).astype(np.int8)))
-  windows = []
+  merged: list[Window] = []
   for first, after_last in zip(edges[::2], edges[1::2]):
     window = Window(int(first) * hop, int(after_last - 1) * hop + frame)
-    if window.end - window.start >= int(round(min_window_s * sr)):
-      windows.append(window)
-  return windows
+    if merged and window.start < merged[-1].end:
+      window = Window(merged.pop().start, window.end)
+    merged.append(window)
+  min_len = int(round(min_window_s * sr))
+  return [w for w in merged if w.end - w.start >= min_len]

@@ -45,6 +45,16 @@ def test_windows_threshold_and_minimum():
       select.Window(0, 6500)]
 
 
+def test_overlapping_windows_merge():
+  """Runs of active frames closer than a frame give overlapping windows: they become one clip."""
+  wave = spans((2, 0.2), (1.2, 0.0), (2, 0.2), (0.8, 0.0))
+  # Frames [2.0, 3.0) and [2.2, 3.2) are silent; the runs' windows [0, 2.8) and [2.4, 6.0) overlap.
+  kwargs = dict(threshold=0.05, frame_s=1.0, stride_s=0.2, min_window_s=3.0)
+  assert select.rms_windows(wave, SR, **kwargs) == [select.Window(0, 6000)]
+  wave = spans((2, 0.2), (1.6, 0.0), (2, 0.2), (0.4, 0.0))  # a longer rest: [0, 2.8) and [2.8, 6.0) only touch
+  assert select.rms_windows(wave, SR, **kwargs) == [select.Window(2800, 6000)]
+
+
 def test_original_defaults():
   """frame 10 s, stride 0.2 s, minimum 30 s on loud spans [20, 25) and [45, 85) s."""
   wave = spans((20, 0.0), (5, 0.3), (20, 0.0), (40, 0.3), (20, 0.0))
