@@ -92,10 +92,11 @@ def agreement(a_bkn: np.ndarray, b_bkn: np.ndarray, real_bn: np.ndarray) -> dict
     }
 
 
-def code_histograms(tokens_bkn: np.ndarray, real_bn: np.ndarray, codebook_size: int) -> np.ndarray:
-  """int64 [K, V]: how often each code occurs in each codebook over the real frames bool [B, N]."""
-  tokens_bkn = np.asarray(tokens_bkn)
-  real = np.broadcast_to(np.asarray(real_bn, bool)[:, None, :], tokens_bkn.shape)
+def code_histograms(tokens_bkn: np.ndarray, real: np.ndarray, codebook_size: int) -> np.ndarray:
+  """int64 [K, V]: how often each code occurs in each codebook of int [B, K, N] where `real` is True
+  (bool [B, N] real frames, or [B, K, N] per codebook)."""
+  tokens_bkn, real = np.asarray(tokens_bkn), np.asarray(real, bool)
+  real = np.broadcast_to(real[:, None, :] if real.ndim == 2 else real, tokens_bkn.shape)
   return np.stack([np.bincount(tokens_bkn[:, k][real[:, k]], minlength=codebook_size)[:codebook_size]
                    for k in range(tokens_bkn.shape[1])]).astype(np.int64)
 
@@ -155,7 +156,8 @@ class Examples:
 def teacher_forced_pass(model, batches, *, max_batches: int, num_examples: int, codebook_size: int,
                         progress: bool = True) -> tuple[dict[str, float], Examples, np.ndarray]:
   """Summed token stats over the batches -> (losses.summarize(...) + num_batches/num_windows, the first
-  `num_examples` windows with real targets, reference code histograms int64 [K, V] over every window)."""
+  `num_examples` windows with real targets, reference code histograms int64 [K, V] over every window; frames
+  of overlapping windows count once per window)."""
   graphdef, state = nnx.split(model)
   total, kept, batches_seen, windows = None, [], 0, 0
   reference_counts = None
@@ -169,8 +171,7 @@ def teacher_forced_pass(model, batches, *, max_batches: int, num_examples: int, 
     tgt_out = np.asarray(batch['tgt_out'])
     has_real = (tgt_out != PADDING_IDX).any(axis=(1, 2))
     windows += int(has_real.sum())
-    counts = np.stack([np.bincount(tgt_out[:, k][tgt_out[:, k] != PADDING_IDX], minlength=codebook_size)
-                       [:codebook_size] for k in range(tgt_out.shape[1])])
+    counts = code_histograms(tgt_out, tgt_out != PADDING_IDX, codebook_size)
     reference_counts = counts if reference_counts is None else reference_counts + counts
     for i in np.flatnonzero(has_real)[:max(0, num_examples - len(kept))]:
       kept.append({name: np.asarray(batch[name][i]) for name in ('src', 'src_mask', 'tgt_in', 'tgt_out')}
@@ -265,8 +266,8 @@ def _decode_audio(codec_spec: str, arrays: dict[str, np.ndarray], src_frames: np
   return waves, codec.sample_rate, None
 
 
-def make_plots(output: Path, *, checkpoint: str, config: ml_collections.ConfigDict, arrays: dict | None,
-               examples: Examples | None, codec_spec: str) -> dict[str, Any]:
+def make_plots(output: Path, *, checkpoint: str, step: int, config: ml_collections.ConfigDict,
+               arrays: dict | None, examples: Examples | None, codec_spec: str) -> dict[str, Any]:
   """Writes every PNG it can; returns {'files': {name: path}, 'skipped': {name: reason}}."""
   files, skipped = {}, {}
   k_count = config.model.num_codebooks
@@ -276,7 +277,7 @@ def make_plots(output: Path, *, checkpoint: str, config: ml_collections.ConfigDi
   else:
     files['training_curves'] = str(plots.training_curves(
         metrics_log.read_metrics(workdir, 'train'), metrics_log.read_metrics(workdir, 'validation'), k_count,
-        output / 'training_curves.png', title=f'Training curves: {workdir.name}'))
+        output / 'training_curves.png', title=f'Training curves: {workdir.name}', mark_step=step))
   if arrays is None:
     skipped.update({name: 'no example windows (--num_examples=0)' for name in
                     ('token_heatmaps', 'agreement_by_frame', 'spectrograms')})
@@ -387,7 +388,7 @@ def evaluate(checkpoint: str, split: str, *, output: str | None = None, max_batc
       model, iterator_factory(config, split), max_batches=max_batches, num_examples=num_examples,
       codebook_size=cfg.codebook_size, progress=progress)
   report: dict[str, Any] = {
-      'checkpoint': str(checkpoint), 'step': int(step), 'split': split,
+      'checkpoint': str(checkpoint), 'step': int(step), 'split': split, 'output': str(out_dir),
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'settings': {'max_batches': max_batches, 'num_examples': num_examples, 'batch_size':
                    config.train.global_batch_size, 'seq_len': config.data.seq_len, 'data_dir': config.data.data_dir,
@@ -401,7 +402,7 @@ def evaluate(checkpoint: str, split: str, *, output: str | None = None, max_batc
     generation, arrays = generation_checks(model, examples, sampling, seed, kl_smoothing)
     generation['distribution']['split_reference'] = {'entropy_bits_k': entropy_bits(split_counts).tolist()}
     report.update(generation)
-  report['plots'] = make_plots(out_dir, checkpoint=checkpoint, config=config, arrays=arrays, examples=examples,
+  report['plots'] = make_plots(out_dir, checkpoint=checkpoint, step=step, config=config, arrays=arrays, examples=examples,
                                codec_spec=codec_spec)
   write_json(out_dir / REPORT_FILE, report)
   return _json_safe(report)
@@ -459,9 +460,8 @@ def main(argv):
                       kl_smoothing=_KL_SMOOTHING.value)
   except (ckpt_lib.CheckpointError, EvaluationError, FileNotFoundError, ValueError) as e:
     sys.exit(f'error: {e}')
-  out_dir = Path(_OUTPUT.value) if _OUTPUT.value else ckpt_lib.checkpoint_dir(_CHECKPOINT.value) / f'eval_{_SPLIT.value}'
   print('\n'.join(summary_lines(report)))
-  print(f'wrote {out_dir / REPORT_FILE} and {len(report["plots"]["files"])} plot(s)')
+  print(f'wrote {Path(report["output"]) / REPORT_FILE} and {len(report["plots"]["files"])} plot(s)')
 
 
 if __name__ == '__main__':

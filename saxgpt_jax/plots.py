@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from matplotlib import mlab
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
@@ -46,10 +47,11 @@ def _series(records: Mapping[int, Mapping], name: str) -> tuple[np.ndarray, np.n
 
 
 def training_curves(train: Mapping[int, Mapping], validation: Mapping[int, Mapping], num_codebooks: int,
-                    path: str | os.PathLike, title: str = 'Training curves') -> Path:
+                    path: str | os.PathLike, title: str = 'Training curves', mark_step: int | None = None) -> Path:
   """Loss (train and validation), learning rate, accuracy and validation perplexity per codebook vs step.
 
-  train / validation: {step: metrics record} as `metrics_log.read_metrics` returns them.
+  train / validation: {step: metrics record} as `metrics_log.read_metrics` returns them; mark_step: a step
+  to mark with a dashed vertical line in every panel (e.g. the evaluated checkpoint).
   """
   fig = _figure(11, 7.5)
   fig.suptitle(title)
@@ -77,8 +79,12 @@ def training_curves(train: Mapping[int, Mapping], validation: Mapping[int, Mappi
   ax_ppl.set(title='Validation perplexity per codebook', xlabel='step', ylabel='perplexity (log scale)')
   if ax_ppl.lines:
     ax_ppl.set_yscale('log')
+    ax_ppl.yaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax_ppl.yaxis.set_minor_formatter(ticker.ScalarFormatter())
   for ax in (ax_loss, ax_lr, ax_acc, ax_ppl):
     ax.grid(alpha=0.3)
+    if mark_step is not None and ax.lines:
+      ax.axvline(mark_step, color='black', linestyle=':', linewidth=1, label=f'evaluated step {mark_step}')
     if ax.lines and ax is not ax_lr:
       ax.legend(fontsize=7, ncol=2 if ax is ax_acc else 1)
     if not ax.lines:

@@ -77,6 +77,7 @@ def test_report_fields_and_value_ranges(workdir, report):
                        parse_constant=lambda c: pytest.fail(f'non-JSON constant {c} in report.json'))
   assert written == report
   assert report['step'] == 0 and report['split'] == 'test' and report['checkpoint'] == str(workdir)
+  assert report['output'] == str(out.resolve())
   assert report['settings']['codec'] == 'none' and report['settings']['num_examples'] == 3
   tf = report['teacher_forced']
   config = ckpt_lib.read_config(workdir)
