@@ -205,8 +205,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     pass
 
 
-def test_youtube_source_with_separation(tmp_path):
-  """yt-dlp from a local server -> demucs_unittest -> clips; a missing URL becomes a failure."""
+def test_youtube_stages_with_separation(tmp_path):
+  """yt-dlp from a local server -> demucs_unittest -> RMS windows, stage by stage (the stages the youtube
+  and local sources add to the pipeline runs above); a missing URL becomes a failure."""
   www = tmp_path / 'www'
   www.mkdir()
   mix = np.stack([_tone(3, 220) + _tone(3, 660), _tone(3, 220) + _tone(3, 330)], 1)
@@ -214,21 +215,34 @@ def test_youtube_source_with_separation(tmp_path):
   server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_QuietHandler, directory=www))
   thread = threading.Thread(target=server.serve_forever, kwargs={'poll_interval': 0.1}, daemon=True)
   thread.start()
+  host = f'http://127.0.0.1:{server.server_address[1]}'
+  config = make_config(f'{host}/tune.wav', tmp_path / 'tokens', kind='youtube')
+  config.source.allowed_hosts = ('127.0.0.1',)
+  config.source.socket_timeout_s = 5.0
+  cfg = json.loads(config.to_json())
+  cfg['work_dir'] = str(tmp_path / 'work')
   try:
-    host = f'http://127.0.0.1:{server.server_address[1]}'
-    # The same video twice (e.g. in two playlists) is downloaded and processed once.
-    config = make_config(f'{host}/tune.wav,{host}/missing.wav,{host}/tune.wav', tmp_path / 'tokens', kind='youtube')
-    config.source.allowed_hosts = ('127.0.0.1',)
-    config.source.socket_timeout_s = 5.0
-    summary = pipeline.run(config)
+    [video] = pipeline.ExpandUrls(cfg).process(f'{host}/tune.wav')
+    [failure] = pipeline.ExpandUrls(cfg).process(f'{host}/missing.wav')
+    [recording] = pipeline.Download(cfg).process(video)
   finally:
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
-  assert (tmp_path / 'tokens' / 'work' / 'downloads' / 'generic-tune.wav').exists()
-  assert [f['stage'] for f in summary.failures] == ['expand'] and 'missing.wav' in summary.failures[0]['item']
-  assert summary.recordings == 1 and summary.clips >= 1 and summary.counters['downloads'] == 1
-  assert {r.recording_id for r in manifest.read_manifest(tmp_path / 'tokens')} == {'generic-tune'}
+  assert failure.tag == pipeline.FAILURES and failure.value['stage'] == 'expand'
+  assert recording == ingest.Recording('generic-tune', f'{host}/tune.wav',
+                                       mix=str(tmp_path / 'work' / 'downloads' / 'generic-tune.wav'))
+  prepare = pipeline.Prepare(cfg)
+  prepare.setup()  # loads demucs_unittest
+  [(rid, source, backing, solo)] = prepare.process(recording)
+  assert rid == 'generic-tune' and backing.shape == solo.shape == (3 * 32000,) and backing.dtype == np.float32
+  assert not np.allclose(backing, solo)
+  [task] = pipeline.SelectClips(cfg).process((rid, source, backing, solo))  # separated solo: loud throughout
+  assert (task.recording_id, task.start_s, task.end_s) == ('generic-tune', 0.0, 3.0)
+  assert task.backing.shape == task.solo.shape == (3 * 32000,)
+  manifest.write_part(cfg['output_dir'], rid, [], complete=True)
+  assert list(pipeline.Download(cfg).process(video)) == []  # a finished recording is not fetched again
+  assert list(prepare.process(recording)) == []
 
 
 def test_filosax_prepare(tmp_path):
