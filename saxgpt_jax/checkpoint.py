@@ -30,6 +30,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from saxgpt_jax import model as model_lib
 from saxgpt_jax import sharding as sharding_lib
 
 CONFIG_FILE = 'config.json'
@@ -89,16 +90,12 @@ def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
 
 def construct_model(model_cfg, seed):
   """SaxGPT(model_cfg) with params from `seed` (an int, traced or not), without eager sharding."""
-  from saxgpt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-
   with nnx.use_eager_sharding(False):
     return model_lib.SaxGPT(model_cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))
 
 
 def model_config(config: ml_collections.ConfigDict):
   """The frozen `model.ModelConfig` of `config.model`."""
-  from saxgpt_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-
   return model_lib.ModelConfig.from_config(config.model)
 
 

@@ -392,11 +392,17 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processe
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (0-based; or env JAX_PROCESS_ID).')
 
 
+def _drop_unscored_checkpoint_warning(record) -> bool:
+  """Orbax warns on every checkpoint saved without metrics; only eval steps have a validation loss."""
+  return 'did not provide metrics' not in record.getMessage()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}; use --flag=value')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, tfds, jax) drowns the progress bar
+  logging.get_absl_logger().addFilter(_drop_unscored_checkpoint_warning)
   maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.ERROR)

@@ -208,11 +208,17 @@ def test_command_trains_evaluates_checkpoints_and_reports(reference):
 
 
 @pytest.mark.slow
-def test_mesh_2x2x2_equals_one_device(data_dir, reference, compile_cache, tmp_path):
+def test_mesh_2x2x2_equals_one_device_and_its_checkpoint_resumes_on_one(data_dir, reference, compile_cache, tmp_path):
   args = command(data_dir, tmp_path, **{'mesh.data': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2})
   output = run(args, environment(compile_cache, devices=8), tmp_path / 'run.log')
   assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in output
   assert_losses_close(train_losses(tmp_path), reference[0], rtol=1e-5)
+  # The same workdir on one device: restores the 8-device checkpoint (state re-sharded) and gives the
+  # reference's test loss.
+  output = run(command(data_dir, tmp_path), environment(compile_cache, devices=1), tmp_path / 'one.log')
+  assert f'resumed from checkpoint {NUM_STEPS}' in output and "mesh {'data': 1," in output, output[-3000:]
+  ref_test = metrics_log.read_metrics(reference[1], 'test')[NUM_STEPS]['loss']
+  np.testing.assert_allclose(metrics_log.read_metrics(tmp_path, 'test')[NUM_STEPS]['loss'], ref_test, rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -236,9 +242,10 @@ def test_kill_9_then_rerun_continues_exactly(data_dir, reference, compile_cache,
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_0(data_dir, compile_cache, tmp_path):
+def test_init_from_then_sigterm_saves_and_exits_0(data_dir, reference, compile_cache, tmp_path):
   workdir, log_path = tmp_path / 'run', tmp_path / 'run.log'
-  process = start(command(data_dir, workdir, **{'train.num_steps': 10_000}), environment(compile_cache), log_path)
+  args = command(data_dir, workdir, **{'train.num_steps': 10_000, 'init_from': reference[1]})
+  process = start(args, environment(compile_cache), log_path)
   wait_for_checkpoint(process, workdir / 'checkpoints', 2, log_path)
   process.send_signal(signal.SIGTERM)
   code, output = finish(process, log_path)
@@ -247,6 +254,9 @@ def test_sigterm_saves_and_exits_0(data_dir, compile_cache, tmp_path):
   saved = int(output.split('preempted: saved checkpoint ')[1].split()[0])
   with checkpoint.manager(workdir / 'checkpoints', read_only=True) as mngr:
     assert mngr.latest_step() == saved >= 2
+  # Started from the reference's trained parameters: the same first batch already has a lower loss.
+  assert f'parameters from {reference[1]} (step {NUM_STEPS})' in output, output[-3000:]
+  assert train_losses(workdir)[1] < reference[0][1]
 
 
 @pytest.mark.slow
