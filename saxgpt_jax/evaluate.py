@@ -429,35 +429,39 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
   return lines
 
 
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint: a training workdir, its checkpoints/ folder, '
-                                  'or a convert_torch / save_params output.')
-_SPLIT = flags.DEFINE_string('split', 'test', 'Dataset split to evaluate (train, validation, test).')
-_OUTPUT = flags.DEFINE_string('output', None, 'Folder for report.json and the PNGs (default CHECKPOINT/eval_<split>).')
-_MAX_BATCHES = flags.DEFINE_integer('max_batches', 0, 'Teacher-forced batches to evaluate; 0 = the whole split.')
-_NUM_EXAMPLES = flags.DEFINE_integer('num_examples', 8, 'Windows for the generation checks, token plots and '
-                                     'spectrograms (the first ones of the split); 0 = skip generation.')
-_CODEC = flags.DEFINE_string('codec', None, 'EnCodec weights to decode spectrogram audio: hub id, local folder, '
-                             'random:SEED, or none to skip (default: the checkpoint config\'s data.codec).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir override (default: config data.data_dir).')
-_BEST = flags.DEFINE_bool('best', False, 'Evaluate the checkpoint with the lowest validation loss, not the latest.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Windows per batch (default config train.global_batch_size).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the sampled generation (config.sample settings).')
-_KL_SMOOTHING = flags.DEFINE_float('kl_smoothing', DEFAULT_KL_SMOOTHING, 'Additive pseudo-counts per code in '
-                                   'both histograms of the KL divergence.')
+def define_flags() -> None:
+  """Defines the command-line flags. Called only when run as a program, so importing this module next to
+  others that define --checkpoint/--output (e.g. saxgpt_jax.generate) never clashes in absl's registry."""
+  flags.DEFINE_string('checkpoint', None, 'Checkpoint: a training workdir, its checkpoints/ folder, or a '
+                      'convert_torch / save_params output.')
+  flags.DEFINE_string('split', 'test', 'Dataset split to evaluate (train, validation, test).')
+  flags.DEFINE_string('output', None, 'Folder for report.json and the PNGs (default CHECKPOINT/eval_<split>).')
+  flags.DEFINE_integer('max_batches', 0, 'Teacher-forced batches to evaluate; 0 = the whole split.')
+  flags.DEFINE_integer('num_examples', 8, 'Windows for the generation checks, token plots and spectrograms '
+                       '(the first ones of the split); 0 = skip generation.')
+  flags.DEFINE_string('codec', None, 'EnCodec weights to decode spectrogram audio: hub id, local folder, '
+                      'random:SEED, or none to skip (default: the checkpoint config\'s data.codec).')
+  flags.DEFINE_string('data_dir', None, 'TFDS data_dir override (default: config data.data_dir).')
+  flags.DEFINE_bool('best', False, 'Evaluate the checkpoint with the lowest validation loss, not the latest.')
+  flags.DEFINE_integer('batch_size', None, 'Windows per batch (default config train.global_batch_size).')
+  flags.DEFINE_integer('seed', 0, 'Seed of the sampled generation (config.sample settings).')
+  flags.DEFINE_float('kl_smoothing', DEFAULT_KL_SMOOTHING, 'Additive pseudo-counts per code in both '
+                     'histograms of the KL divergence.')
 
 
 def main(argv):
+  """Entry point for app.run after define_flags()."""
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments {argv[1:]}; use --flag=value (see --help)')
-  if not _CHECKPOINT.value:
+  opts = flags.FLAGS
+  if not opts.checkpoint:
     raise app.UsageError('--checkpoint is required (see --help).')
-  if not flags.FLAGS['verbosity'].present:
+  if not opts['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax/tfds INFO chatter drowns the progress bars
   try:
-    report = evaluate(_CHECKPOINT.value, _SPLIT.value, output=_OUTPUT.value, max_batches=_MAX_BATCHES.value,
-                      num_examples=_NUM_EXAMPLES.value, codec_spec=_CODEC.value, data_dir=_DATA_DIR.value,
-                      best=_BEST.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value,
-                      kl_smoothing=_KL_SMOOTHING.value)
+    report = evaluate(opts.checkpoint, opts.split, output=opts.output, max_batches=opts.max_batches,
+                      num_examples=opts.num_examples, codec_spec=opts.codec, data_dir=opts.data_dir,
+                      best=opts.best, batch_size=opts.batch_size, seed=opts.seed, kl_smoothing=opts.kl_smoothing)
   except (ckpt_lib.CheckpointError, EvaluationError, FileNotFoundError, ValueError) as e:
     sys.exit(f'error: {e}')
   print('\n'.join(summary_lines(report)))
@@ -465,4 +469,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

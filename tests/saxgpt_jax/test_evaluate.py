@@ -1,5 +1,6 @@
 """saxgpt_jax.evaluate and plots: report fields and ranges, the pure metrics, PNGs, errors, the CLI."""
 
+import importlib
 import json
 import math
 import subprocess
@@ -195,9 +196,15 @@ def test_cli_help_missing_checkpoint_and_no_torch(tmp_path):
   for flag in ('--checkpoint', '--split', '--num_examples', '--codec', '--max_batches', '--best', '--data_dir'):
     assert flag in result.stdout
   assert 'report.json' in result.stdout and 'KL' in result.stdout
-  code = ('import sys\nfrom absl import app\nfrom saxgpt_jax import evaluate\n'
+  code = ('import sys\nfrom absl import app\nfrom saxgpt_jax import evaluate\nevaluate.define_flags()\n'
           f'sys.argv = ["evaluate", "--checkpoint={tmp_path / "nope"}"]\n'
           'try:\n  app.run(evaluate.main)\nfinally:\n  assert "torch" not in sys.modules, "torch imported"\n')
   result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
   assert result.returncode == 1 and 'torch imported' not in result.stderr
   assert 'error:' in result.stderr and 'does not exist' in result.stderr
+
+
+def test_importable_next_to_generate():
+  """evaluate defines its absl flags only when run as a program, so both modules import in one process."""
+  importlib.import_module('saxgpt_jax.generate')
+  importlib.reload(evaluate)
