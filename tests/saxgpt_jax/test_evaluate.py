@@ -112,6 +112,15 @@ def test_report_fields_and_value_ranges(workdir, report):
     assert height > 300 and width > 600
 
 
+def test_max_batches_and_no_examples(workdir, tmp_path):
+  report = evaluate.evaluate(str(workdir / 'checkpoints'), 'validation', output=str(tmp_path / 'out'),
+                             max_batches=1, num_examples=0, codec_spec='none', progress=False)
+  assert report['teacher_forced']['num_batches'] == 1 and 'agreement' not in report
+  assert set(report['plots']['files']) == {'training_curves'}
+  assert set(report['plots']['skipped']) == {'token_heatmaps', 'agreement_by_frame', 'spectrograms'}
+  assert json.loads((tmp_path / 'out' / 'report.json').read_text())['split'] == 'validation'
+
+
 def test_greedy_and_teacher_forced_agree_where_they_see_the_same_context(workdir):
   """Frame 0 of codebook 0 is predicted from the start token alone in both modes, so AR and TF must match
   there; later they differ for a random model (AR feeds back its own tokens). Catches off-by-one alignment."""
