@@ -225,46 +225,49 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
   os.replace(tmp, path)
 
 
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint dir: a training workdir, its checkpoints/ '
-                                  'folder, or the output of saxgpt_jax.convert_torch.')
-_BACKING = flags.DEFINE_string('backing', None, 'Backing track: raw tokens .npy ([4,N] or [B,4,N]), an audio '
-                               'file, or a folder of them.')
-_OUTPUT = flags.DEFINE_string('output', None, 'FILE.npy (tokens of a single .npy backing) or an output folder.')
-_GREEDY = flags.DEFINE_bool('greedy', None, 'Argmax decoding (default: the checkpoint config\'s sample.greedy).')
-_TEMPERATURE = flags.DEFINE_float('temperature', None, 'Sampling temperature (default: config sample.temperature).')
-_TOP_K = flags.DEFINE_integer('top_k', None, 'Keep the k most likely codes, 0 = off (default: config).')
-_TOP_P = flags.DEFINE_float('top_p', None, 'Nucleus sampling mass, 0 = off (default: config).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed; sample i of every input is reproducible from it.')
-_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1, 'Variations per input (files get _s{i} suffixes).')
-_MAX_FRAMES = flags.DEFINE_integer('max_frames', None, 'Solo frames to generate (50 per second); default the '
-                                   'backing length.')
-_MAX_SECONDS = flags.DEFINE_float('max_seconds', None, 'Cap on the solo length in seconds.')
-_WINDOW_STRIDE = flags.DEFINE_integer('window_stride', None, 'New frames per sliding window for long backings '
-                                      '(default: config sample.window_stride).')
-_CODEC = flags.DEFINE_string('codec', None, 'EnCodec weights for audio: hub id, local folder, or random:SEED '
-                             '(default: the checkpoint config\'s data.codec, else facebook/encodec_32khz).')
-_BEST = flags.DEFINE_bool('best', False, 'Use the checkpoint with the best validation loss instead of the latest.')
+def define_flags() -> None:
+  """Defines the command-line flags (only when run as a program, so importing this module defines none)."""
+  flags.DEFINE_string('checkpoint', None, 'Checkpoint dir: a training workdir, its checkpoints/ '
+                      'folder, or the output of saxgpt_jax.convert_torch.')
+  flags.DEFINE_string('backing', None, 'Backing track: raw tokens .npy ([4,N] or [B,4,N]), an audio '
+                      'file, or a folder of them.')
+  flags.DEFINE_string('output', None, 'FILE.npy (tokens of a single .npy backing) or an output folder.')
+  flags.DEFINE_bool('greedy', None, 'Argmax decoding (default: the checkpoint config\'s sample.greedy).')
+  flags.DEFINE_float('temperature', None, 'Sampling temperature (default: config sample.temperature).')
+  flags.DEFINE_integer('top_k', None, 'Keep the k most likely codes, 0 = off (default: config).')
+  flags.DEFINE_float('top_p', None, 'Nucleus sampling mass, 0 = off (default: config).')
+  flags.DEFINE_integer('seed', 0, 'Random seed; sample i of every input is reproducible from it.')
+  flags.DEFINE_integer('num_samples', 1, 'Variations per input (files get _s{i} suffixes).')
+  flags.DEFINE_integer('max_frames', None, 'Solo frames to generate (50 per second); default the '
+                       'backing length.')
+  flags.DEFINE_float('max_seconds', None, 'Cap on the solo length in seconds.')
+  flags.DEFINE_integer('window_stride', None, 'New frames per sliding window for long backings '
+                       '(default: config sample.window_stride).')
+  flags.DEFINE_string('codec', None, 'EnCodec weights for audio: hub id, local folder, or random:SEED '
+                      '(default: the checkpoint config\'s data.codec, else facebook/encodec_32khz).')
+  flags.DEFINE_bool('best', False, 'Use the checkpoint with the best validation loss instead of the latest.')
 
 
 def main(argv):
   del argv
+  f = flags.FLAGS
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO; progress comes from tqdm and prints
-  for name, flag in (('checkpoint', _CHECKPOINT), ('backing', _BACKING), ('output', _OUTPUT)):
-    if not flag.value:
+  for name in ('checkpoint', 'backing', 'output'):
+    if not f[name].value:
       raise app.UsageError(f'--{name} is required (see --help).')
-  config = ckpt_lib.read_config(_CHECKPOINT.value)
-  pick = lambda flag, default: default if flag.value is None else flag.value
+  config = ckpt_lib.read_config(f.checkpoint)
+  pick = lambda value, default: default if value is None else value
   sampling = decode.SamplingParams.make(
-      temperature=pick(_TEMPERATURE, config.sample.temperature), top_k=pick(_TOP_K, config.sample.top_k),
-      top_p=pick(_TOP_P, config.sample.top_p), greedy=pick(_GREEDY, config.sample.greedy))
-  summary = run(checkpoint=_CHECKPOINT.value, backing=_BACKING.value, output=_OUTPUT.value, sampling=sampling,
-                seed=_SEED.value, num_samples=_NUM_SAMPLES.value, max_frames=_MAX_FRAMES.value,
-                max_seconds=_MAX_SECONDS.value, window_stride=_WINDOW_STRIDE.value, codec_spec=_CODEC.value,
-                best=_BEST.value)
+      temperature=pick(f.temperature, config.sample.temperature), top_k=pick(f.top_k, config.sample.top_k),
+      top_p=pick(f.top_p, config.sample.top_p), greedy=pick(f.greedy, config.sample.greedy))
+  summary = run(checkpoint=f.checkpoint, backing=f.backing, output=f.output, sampling=sampling, seed=f.seed,
+                num_samples=f.num_samples, max_frames=f.max_frames, max_seconds=f.max_seconds,
+                window_stride=f.window_stride, codec_spec=f.codec, best=f.best)
   for entry in summary['outputs']:
     print(f"{entry['input']}: {entry['seconds']:.1f} s of solo in {entry['windows']} window(s) -> "
           f"{', '.join(entry['files'])}")
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
