@@ -1,8 +1,9 @@
 """Decode benchmark: steps/s and frames/s per batch size, real-time factor, compile time, recompiles.
 
 A run is one `decode.generate` call (encode the backing once, then `steps` cached decode steps in one
-`lax.scan`) with the config's sampling settings, on random backing tokens of `frames` frames (delayed:
-src [B, K, frames+K+1]). The encoder (plus every layer's cross K/V) is timed on its own and subtracted,
+`lax.scan`) on random backing tokens of `frames` frames (delayed: src [B, K, frames+K+1]). The first
+(compiling) call uses the config's sampling settings; the timed calls cycle through variants of equal
+cost (other temperature, top-k, top-p, greedy flag and seed) and count the compiles they cause. The encoder (plus every layer's cross K/V) is timed on its own and subtracted,
 so steps/s is the decode loop alone; frames/s = batch x steps/s (one position per stream per step).
 The torch reference runs its original loop (one eager step per token, KV cache grown by `torch.cat`) on
 the same config, batch, length and sampling, alternating run by run with JAX.
@@ -30,10 +31,21 @@ from saxgpt_jax.model import ModelConfig, SaxGPT
 FRAME_RATE = 50  # EnCodec 32 kHz frames per second
 
 
-def _jax_runs(model: SaxGPT, src: np.ndarray, steps: int, sampling: decode.SamplingParams, rng: jax.Array):
-  """-> (generate run, encode run): callables that block until done."""
+def _sampling_variants(sample: ml_collections.ConfigDict, seed: int) -> list[tuple[decode.SamplingParams, jax.Array]]:
+  """The config's settings first, then variants of equal cost (new temperature, top-k, top-p, greedy
+  flag and seed): the timed calls cycle through them, so any recompile they caused would show."""
+  base = dict(temperature=sample.temperature, top_k=sample.top_k, top_p=sample.top_p, greedy=sample.greedy)
+  variants = [base, {**base, 'temperature': 0.9 * (sample.temperature or 1.0), 'top_k': max(sample.top_k - 50, 1)},
+              {**base, 'top_p': 0.9, 'greedy': not sample.greedy}, {**base, 'top_k': sample.top_k + 50}]
+  return [(decode.SamplingParams.make(**v), jax.random.key(seed + i)) for i, v in enumerate(variants)]
+
+
+def _jax_runs(model: SaxGPT, src: np.ndarray, steps: int, variants: list):
+  """-> (generate run, encode run): callables that block until done; each generate call takes the next
+  of `variants` ((SamplingParams, rng) pairs), the first call the first."""
   src = jax.device_put(src)
   graphdef, state = nnx.split(model)
+  calls = iter(range(1 << 62))
 
   @jax.jit
   def encode(state, src):
@@ -41,6 +53,7 @@ def _jax_runs(model: SaxGPT, src: np.ndarray, steps: int, sampling: decode.Sampl
     return m.init_cache(m.encode(src), None, max_len=steps)
 
   def generate():
+    sampling, rng = variants[next(calls) % len(variants)]
     decode.generate(model, src, num_steps=steps, sampling=sampling, rng=rng).block_until_ready()
 
   return generate, lambda: jax.block_until_ready(encode(state, src))
@@ -95,9 +108,8 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int] = (1, 16), 
   if not 1 <= steps <= model_cfg.max_seq_len:
     raise ValueError(f'--steps must be in [1, model.max_seq_len={model_cfg.max_seq_len}], got {steps}')
   s = config.sample
-  sampling = decode.SamplingParams.make(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, greedy=s.greedy)
+  variants = _sampling_variants(s, config.train.seed)
   model = random_model(model_cfg, config.train.seed)
-  rng = jax.random.key(config.train.seed)
   result: dict[str, Any] = {
       'command': 'decode', 'dtype': model_cfg.dtype, 'frames': frames, 'src_len': delayed_length(frames, k),
       'steps': steps, 'sampling': {'temperature': s.temperature, 'top_k': s.top_k, 'top_p': s.top_p,
@@ -110,52 +122,39 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int] = (1, 16), 
 
   for batch in batches:
     src = random_batch(model_cfg, batch, frames, seed=config.train.seed)['src']
-    jax_generate, jax_encode = _jax_runs(model, src, steps, sampling, rng)
+    jax_generate, jax_encode = _jax_runs(model, src, steps, variants)
     logging.info('decode batch %d: compiling generate (%d steps)', batch, steps)
     with compiles.watch() as first:
       jax_generate()
     logging.info('decode batch %d: first call %.1f s (compile %.1f s); timing', batch, first.wall_s, first.compile_s)
     jax_encode()
     row = f'batch_{batch}'
-    if 'recompiles_on_new_sampling' not in result:
-      result['recompiles_on_new_sampling'] = _count_recompiles(model, src, steps)
     runs = {'jax': jax_generate}
     encodes = {'jax': jax_encode}
     if reference == 'torch':
       runs['torch'], encodes['torch'] = _torch_runs(config, src, steps)
-    calls = timing.interleaved(runs, repeats=repeats, warmup=warmup)
+    with compiles.watch() as timed:  # new sampling settings and seeds in every JAX call
+      calls = timing.interleaved(runs, repeats=repeats, warmup=warmup)
     logging.info('decode batch %d: %s', batch, {k: [round(x, 2) for x in v] for k, v in calls.items()})
     encode_s = timing.interleaved(encodes, repeats=repeats, warmup=0)
     for name in runs:
       result[name][row] = _figures(calls[name], encode_s[name], batch, steps)
-    result['jax'][row].update(compile_s=first.compile_s, compiles=first.compiles, first_call_s=first.wall_s)
+    result['jax'][row].update(compile_s=first.compile_s, compiles=first.compiles, first_call_s=first.wall_s,
+                              recompiles_on_new_sampling=timed.compiles)
     if reference == 'torch':
       result['speedup_vs_torch'][row] = result['jax'][row]['steps_per_s'] / result['torch'][row]['steps_per_s']
 
   rows = [f'batch_{b}' for b in batches]
+  result['recompiles_on_new_sampling'] = sum(result['jax'][r]['recompiles_on_new_sampling'] for r in rows)
   if len(rows) > 1:
     result['batch_scaling'] = result['jax'][rows[-1]]['frames_per_s'] / result['jax'][rows[0]]['frames_per_s']
   if rtf_frames:
     logging.info('decode: real-time-factor run of %d frames', rtf_frames)
-    result['rtf'] = _real_time_factor(model, config, sampling, rng, rtf_frames)
+    result['rtf'] = _real_time_factor(model, config, variants[:1], rtf_frames)
   return result
 
 
-def _count_recompiles(model: SaxGPT, src: np.ndarray, steps: int) -> int:
-  """Compiles caused by new sampling settings and seeds after a first (compiling) call; expect 0."""
-  src = jax.device_put(src)
-  other_settings = [
-      (decode.SamplingParams.make(temperature=0.7, top_k=50, top_p=0.9), jax.random.key(1)),
-      (decode.SamplingParams.make(greedy=True), jax.random.key(2)),
-      (decode.SamplingParams.make(temperature=1.3, top_p=0.5), jax.random.key(3)),
-  ]
-  with compiles.watch() as log:
-    for sampling, rng in other_settings:
-      decode.generate(model, src, num_steps=steps, sampling=sampling, rng=rng).block_until_ready()
-  return log.compiles
-
-
-def _real_time_factor(model: SaxGPT, config: ml_collections.ConfigDict, sampling, rng,
+def _real_time_factor(model: SaxGPT, config: ml_collections.ConfigDict, variants: list,
                       solo_frames: int) -> dict[str, float]:
   """Wall time of one batch-1 generate of `solo_frames` frames (encode included; compiled beforehand)
   over the audio's duration: < 1 is faster than real time. Shortened to what max_seq_len allows."""
@@ -164,7 +163,7 @@ def _real_time_factor(model: SaxGPT, config: ml_collections.ConfigDict, sampling
   solo_frames = min(solo_frames, model_cfg.max_seq_len - k - 1)
   backing_frames = min(config.data.seq_len, model_cfg.max_seq_len - k - 1)
   src = random_batch(model_cfg, 1, backing_frames, seed=config.train.seed)['src']
-  generate, _ = _jax_runs(model, src, delayed_length(solo_frames, k) - 1, sampling, rng)
+  generate, _ = _jax_runs(model, src, delayed_length(solo_frames, k) - 1, variants)
   generate()  # compile
   wall = _timed_once(generate)
   audio_s = solo_frames / FRAME_RATE
