@@ -258,6 +258,7 @@ class WritePart(beam.DoFn):
 
 
 class WriteFailure(beam.DoFn):
+  """failure dict -> failures/<key>.json (merged into failures.jsonl by the driver)."""
 
   def __init__(self, cfg: dict):
     self._cfg = cfg
