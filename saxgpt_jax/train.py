@@ -382,14 +382,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 # --- Command line ----------------------------------------------------------------------------------
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file, e.g. configs/large.py; '
-                                          'override values with --config.train.num_steps=...', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints/, metrics.jsonl, tensorboard/. '
-                               'An existing run there resumes.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process without a cluster manager: '
-                                   'HOST:PORT of process 0 (or env JAX_COORDINATOR_ADDRESS).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (or env JAX_NUM_PROCESSES).')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (0-based; or env JAX_PROCESS_ID).')
+def _define_flags() -> None:
+  """Command-line flags, defined only when run as a program (importing this module defines none)."""
+  config_flags.DEFINE_config_file('config', None, 'Training config file, e.g. configs/large.py; override values '
+                                  'with --config.train.num_steps=...', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Run directory: checkpoints/, metrics.jsonl, tensorboard/. An existing '
+                      'run there resumes.')
+  flags.DEFINE_string('coordinator_address', None, 'Multi-process without a cluster manager: HOST:PORT of '
+                      'process 0 (or env JAX_COORDINATOR_ADDRESS).')
+  flags.DEFINE_integer('num_processes', None, 'Number of processes (or env JAX_NUM_PROCESSES).')
+  flags.DEFINE_integer('process_id', None, 'This process (0-based; or env JAX_PROCESS_ID).')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def _drop_unscored_checkpoint_warning(record) -> bool:
@@ -403,16 +406,17 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, tfds, jax) drowns the progress bar
   logging.get_absl_logger().addFilter(_drop_unscored_checkpoint_warning)
-  maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  args = flags.FLAGS
+  maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.ERROR)
   try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train_and_evaluate(args.config, args.workdir)
   except (ConfigError, TrainingDivergedError, checkpoint.CheckpointError) as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
+  _define_flags()
   app.run(main)
