@@ -26,6 +26,7 @@ class CompileLog:
   seconds: dict[str, float] = dataclasses.field(default_factory=lambda: dict.fromkeys(_EVENTS, 0.0))
   functions: list[str] = dataclasses.field(default_factory=list)  # names of the XLA-compiled functions
   wall_s: float = 0.0
+  cpu_s: float = 0.0  # CPU time of this process in the block (wall on an idle machine: cpu_s / cores .. cpu_s)
 
   @property
   def compiles(self) -> int:
@@ -51,9 +52,10 @@ class watch:  # noqa: N801 (a context manager used as `with compiles.watch() as 
   def __enter__(self) -> CompileLog:
     self.log = CompileLog()
     jax.monitoring.register_event_duration_secs_listener(self.log._record)
-    self._start = time.perf_counter()
+    self._start, self._cpu_start = time.perf_counter(), time.process_time()
     return self.log
 
   def __exit__(self, *exc) -> None:
     self.log.wall_s = time.perf_counter() - self._start
+    self.log.cpu_s = time.process_time() - self._cpu_start
     jax.monitoring.unregister_event_duration_listener(self.log._record)

@@ -140,6 +140,7 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int] = (1, 16), 
     for name in runs:
       result[name][row] = _figures(calls[name], encode_s[name], batch, steps)
     result['jax'][row].update(compile_s=first.compile_s, compiles=first.compiles, first_call_s=first.wall_s,
+                              first_call_cpu_s=first.cpu_s,
                               recompiles_on_new_sampling=timed.compiles)
     if reference == 'torch':
       result['speedup_vs_torch'][row] = result['jax'][row]['steps_per_s'] / result['torch'][row]['steps_per_s']

@@ -106,3 +106,22 @@ def test_bad_flags_fail_with_a_clear_message():
   proc = subprocess.run([sys.executable, '-m', 'saxgpt_jax.bench', 'train', '--batch=1,2', *SMALL], cwd=REPO_ROOT,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0 and '--batch must be one positive integer' in proc.stderr
+
+
+def test_compile_watch_counts_recompiles_and_not_cache_hits():
+  import jax
+  import jax.numpy as jnp
+
+  from saxgpt_jax.bench import compiles
+
+  scale = jax.jit(lambda x, t: x * t)
+  x3, x4 = jnp.ones(3), jnp.ones(4)
+  with compiles.watch() as first:
+    scale(x3, 2.0).block_until_ready()
+  with compiles.watch() as new_value:
+    scale(x3, 3.0).block_until_ready()
+  with compiles.watch() as new_shape:
+    scale(x4, 3.0).block_until_ready()
+  assert first.compiles >= 1 and first.compile_s > 0 and 'jit(<lambda>)' in first.functions
+  assert new_value.compiles == 0
+  assert new_shape.functions.count('jit(<lambda>)') == 1
