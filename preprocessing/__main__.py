@@ -41,6 +41,10 @@ def main(argv):
   if _CONFIG.value is None:
     raise app.UsageError('Give --config=configs/data/<source>.py (youtube, local, filosax or synth).')
   logging.getLogger().setLevel(logging.INFO)
+  # Our stages log progress at INFO; Beam's own loggers only at WARNING, except the job service that
+  # forwards the workers' records (already filtered by the harness log levels set in pipeline.py).
+  logging.getLogger('apache_beam').setLevel(logging.WARNING)
+  logging.getLogger('apache_beam.runners.portability.local_job_service').setLevel(logging.INFO)
   from preprocessing import ingest, pipeline
 
   try:

@@ -17,6 +17,7 @@ the agreement). Decoding is chunked the same way.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from pathlib import Path
@@ -27,7 +28,7 @@ import transformers
 from torch.nn.utils import parametrize
 
 from preprocessing import audio
-from preprocessing.manifest import CodecInfo
+from preprocessing.manifest import CodecInfo, atomic_write_bytes
 
 DEFAULT_SPEC = 'facebook/encodec_32khz'
 RANDOM_PREFIX = 'random:'
@@ -128,13 +129,49 @@ def _init_codebooks(model: transformers.EncodecModel, rng: np.random.Generator, 
     book.cluster_size.fill_(1.0)
 
 
-def _random_model(seed: int, num_clips: int = _CALIBRATION_CLIPS) -> transformers.EncodecModel:
+_RANDOM_CODEC_VERSION = 1  # bump whenever `_build_random_model` changes what it computes
+
+
+def random_codec_cache_path(seed: int) -> Path:
+  """Where the calibrated `random:SEED` weights are cached ($SAXGPT_CACHE_DIR or ~/.cache/saxgpt_jax)."""
+  root = Path(os.environ.get('SAXGPT_CACHE_DIR') or Path.home() / '.cache' / 'saxgpt_jax').expanduser()
+  key = f'v{_RANDOM_CODEC_VERSION}-torch{torch.__version__}-transformers{transformers.__version__}'
+  return root / f'random_encodec_32khz_seed{seed}_{key}.safetensors'
+
+
+def _build_random_model(seed: int, num_clips: int) -> transformers.EncodecModel:
   config = transformers.EncodecConfig(**ENCODEC_32KHZ_CONFIG)
   with torch.random.fork_rng(devices=[]):
     torch.manual_seed(seed)
     model = transformers.EncodecModel(config).eval()
   _remove_weight_norm(model)
   _init_codebooks(model, np.random.default_rng(seed), num_clips)
+  return model
+
+
+def _random_model(seed: int, num_clips: int = _CALIBRATION_CLIPS) -> transformers.EncodecModel:
+  """The seeded random codec. Building it (random init + codebook calibration) is deterministic but costs
+  seconds, so the result is cached on disk (atomically, keyed by seed, this construction's version and the
+  torch/transformers versions) and later loads only read the weights."""
+  from safetensors.torch import load_file, save  # pylint: disable=g-import-not-at-top
+  from transformers.initialization import no_init_weights  # pylint: disable=g-import-not-at-top
+
+  path = random_codec_cache_path(seed) if num_clips == _CALIBRATION_CLIPS else None
+  if path is not None and path.exists():
+    try:
+      with no_init_weights():
+        model = transformers.EncodecModel(transformers.EncodecConfig(**ENCODEC_32KHZ_CONFIG)).eval()
+      _remove_weight_norm(model)
+      model.load_state_dict(load_file(path), strict=True)
+      return model
+    except Exception as e:  # a corrupt or foreign cache file: rebuild and overwrite it
+      logging.warning('random codec cache %s is unusable (%s); rebuilding it.', path, e)
+  model = _build_random_model(seed, num_clips)
+  if path is not None:
+    try:
+      atomic_write_bytes(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    except OSError as e:  # a read-only home: work without the cache
+      logging.warning('cannot write the random codec cache %s (%s); continuing without it.', path, e)
   return model
 
 

@@ -332,8 +332,11 @@ def check_output_dir(cfg: dict) -> None:
 def pipeline_options(cfg: dict, beam_args: Sequence[str] = ()) -> PipelineOptions:
   """Options from config.beam, then `beam_args` (later flags win: anything can be overridden)."""
   b = cfg['beam']
+  # Workers log our progress (the `preprocessing` loggers) at INFO and Beam's own, very chatty harness at
+  # WARNING; pass --default_sdk_harness_log_level=INFO in --beam_pipeline_options to see everything.
   args = [f'--runner={b["runner"]}', f'--direct_running_mode={b["direct_running_mode"]}',
-          f'--direct_num_workers={b["num_workers"]}', *beam_args]
+          f'--direct_num_workers={b["num_workers"]}', '--default_sdk_harness_log_level=WARNING',
+          '--sdk_harness_log_level_overrides={"preprocessing":"INFO"}', *beam_args]
   return PipelineOptions(args)
 
 

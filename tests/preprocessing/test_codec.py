@@ -89,10 +89,21 @@ def test_random_codebooks_are_not_degenerate(codec):
   assert min(used) >= 0.5 * 1000, used
 
 
-def test_random_spec_is_deterministic(codec):
-  again = codec_lib.Codec.load('random:0')
-  for (name, a), (_, b) in zip(codec.model.state_dict().items(), again.model.state_dict().items()):
-    assert torch.equal(a, b), name
+def test_random_spec_is_deterministic_and_its_cache_reproduces_it(codec, monkeypatch, tmp_path):
+  """A corrupt cache file is rebuilt from scratch (one fresh, deterministic build), then read back."""
+  monkeypatch.setenv('SAXGPT_CACHE_DIR', str(tmp_path))
+  path = codec_lib.random_codec_cache_path(0)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(b'not a safetensors file')
+  rebuilt = codec_lib._random_model(0)
+  cached = codec_lib._random_model(0)
+  assert path.stat().st_size > 1_000_000
+  reference = codec.model.state_dict()
+  for model in (rebuilt, cached):
+    state = model.state_dict()
+    assert state.keys() == reference.keys()
+    for name, value in reference.items():
+      assert torch.equal(state[name], value), name
   with pytest.raises(codec_lib.CodecError, match='random:SEED'):
     codec_lib.Codec.load('random:zero')
 
