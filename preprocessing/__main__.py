@@ -41,10 +41,9 @@ def main(argv):
   if _CONFIG.value is None:
     raise app.UsageError('Give --config=configs/data/<source>.py (youtube, local, filosax or synth).')
   logging.getLogger().setLevel(logging.INFO)
-  # Our stages log progress at INFO; Beam's own loggers only at WARNING, except the job service that
-  # forwards the workers' records (already filtered by the harness log levels set in pipeline.py).
+  # Our stages log progress at INFO (workers print theirs themselves, at the harness levels set in
+  # pipeline.py); Beam's own loggers, including the job service that would repeat them, only at WARNING.
   logging.getLogger('apache_beam').setLevel(logging.WARNING)
-  logging.getLogger('apache_beam.runners.portability.local_job_service').setLevel(logging.INFO)
   from preprocessing import ingest, pipeline
 
   try:
