@@ -22,6 +22,7 @@ from saxgpt_jax.delay import apply_delay
 from saxgpt_jax.model import SaxGPT
 
 Array = jax.Array
+TOP_K_CAP = 512  # top-k up to this many codes takes the lax.top_k path (no sort of the vocabulary)
 
 
 @struct.dataclass
@@ -44,30 +45,44 @@ class SamplingParams:
     return cls(jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), jnp.bool_(greedy or temperature == 0))
 
   def next_tokens(self, logits_nv: Array, rng: Array) -> Array:
-    """Sample one code per row: logits float [R, V], one key -> int32 [R]."""
+    """Sample one code per row: logits float [R, V], one key -> int32 [R].
+
+    Three branches, picked at run time (no recompiles): no filtering samples the full softmax; top-k with
+    k <= TOP_K_CAP takes `lax.top_k(TOP_K_CAP)` candidates (cheap, no sort of the vocabulary); top-p
+    without top-k (or k > cap) sorts the vocabulary.
+    """
     logits = logits_nv.astype(jnp.float32)
-    greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    vocab = logits.shape[-1]
+    temperature = jnp.maximum(self.temperature, 1e-6)
+    use_k = self.top_k > 0
+    use_p = (self.top_p > 0) & (self.top_p < 1)
 
-    def filtered(lg):
-      """Top-k and top-p in sorted space; the best code always survives."""
-      order = jnp.argsort(-lg, axis=-1)
-      sorted_lg = jnp.take_along_axis(lg, order, axis=-1)
-      rank = jnp.arange(vocab)
-      keep = (self.top_k <= 0) | (rank < self.top_k)
-      sorted_lg = jnp.where(keep, sorted_lg, -jnp.inf)
-      probs = jax.nn.softmax(sorted_lg / jnp.maximum(self.temperature, 1e-6), axis=-1)
+    def keep_ranked(sorted_lg):
+      """Top-k and top-p over logits sorted best first; the best code always survives."""
+      rank = jnp.arange(sorted_lg.shape[-1])
+      keep = ~use_k | (rank < self.top_k)
+      probs = jax.nn.softmax(jnp.where(keep, sorted_lg, -jnp.inf) / temperature, axis=-1)
       before = jnp.cumsum(probs, axis=-1) - probs  # probability mass ranked above each code
-      use_p = (self.top_p > 0) & (self.top_p < 1)
-      keep = keep & (~use_p | (before < self.top_p) | (rank == 0))
-      masked = jnp.where(keep, sorted_lg, -jnp.inf)
-      inverse = jnp.argsort(order, axis=-1)
-      return jnp.take_along_axis(masked, inverse, axis=-1)
+      return keep & (~use_p | (before < self.top_p) | (rank == 0))
 
-    needs_filter = (self.top_k > 0) | ((self.top_p > 0) & (self.top_p < 1))
-    logits_f = jax.lax.cond(needs_filter, filtered, lambda lg: lg, logits)
-    sampled = jax.random.categorical(rng, logits_f / jnp.maximum(self.temperature, 1e-6), axis=-1)
-    return jnp.where(self.greedy, greedy_tokens, sampled.astype(jnp.int32))
+    def sample_ranked(sorted_lg, codes):
+      keep = keep_ranked(sorted_lg)
+      choice = jax.random.categorical(rng, jnp.where(keep, sorted_lg, -jnp.inf) / temperature, axis=-1)
+      return jnp.take_along_axis(codes, choice[..., None], axis=-1)[..., 0]
+
+    def full(lg):
+      return jax.random.categorical(rng, lg / temperature, axis=-1)
+
+    def top_candidates(lg):
+      values, codes = jax.lax.top_k(lg, min(TOP_K_CAP, lg.shape[-1]))
+      return sample_ranked(values, codes)
+
+    def sorted_vocabulary(lg):
+      order = jnp.argsort(-lg, axis=-1)
+      return sample_ranked(jnp.take_along_axis(lg, order, axis=-1), order)
+
+    branch = jnp.where(use_k & (self.top_k <= TOP_K_CAP), 1, jnp.where(use_k | use_p, 2, 0))
+    sampled = jax.lax.switch(branch, [full, top_candidates, sorted_vocabulary], logits).astype(jnp.int32)
+    return jnp.where(self.greedy, jnp.argmax(logits, axis=-1).astype(jnp.int32), sampled)
 
 
 @struct.dataclass

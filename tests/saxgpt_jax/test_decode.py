@@ -101,6 +101,8 @@ def test_top_k_and_top_p_restrict_the_support():
   assert set(np.unique(nucleus)) == {5, 6}
   both = draw(np.log(probs + 1e-12), decode.SamplingParams.make(top_k=1, top_p=0.9))
   assert set(np.unique(both)) == {5}
+  beyond_cap = draw(np.log(probs + 1e-12), decode.SamplingParams.make(top_k=decode.TOP_K_CAP + 100, top_p=0.7))
+  assert set(np.unique(beyond_cap)) == {5, 6}  # top-k above the cap: the sorted-vocabulary branch
 
 
 def test_temperature_matches_softmax_frequencies():
