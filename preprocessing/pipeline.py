@@ -41,6 +41,19 @@ _OUTPUT_KEYS = ('source.kind', 'audio', 'demucs.name', 'demucs.repo', 'demucs.sh
                 'demucs.segment', 'select', 'augment', 'codec.weights', 'codec.chunk_s', 'codec.context_s')
 
 
+def _limit_torch_threads(cfg: dict) -> None:
+  """torch threads per worker: config torch_threads, or cores / DirectRunner worker processes, so that
+  workers sharing a machine do not oversubscribe it (OpenMP threads spin-wait when they do)."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  threads = cfg.get('torch_threads') or 0
+  if not threads:
+    beam = cfg['beam']
+    local = beam['runner'] == 'DirectRunner' and beam['direct_running_mode'] == 'multi_processing'
+    threads = max(1, (os.cpu_count() or 1) // max(1, beam['num_workers'] if local else 1))
+  torch.set_num_threads(threads)
+
+
 class PipelineError(ValueError):
   """A configuration or output folder the pipeline cannot use; the message says what to change."""
 
@@ -116,6 +129,7 @@ class Prepare(beam.DoFn):
     self._separator = None
 
   def setup(self):
+    _limit_torch_threads(self._cfg)
     if self._cfg['source']['kind'] in ('youtube', 'local'):
       from preprocessing import separate
 
@@ -196,6 +210,7 @@ class AugmentTokenize(beam.DoFn):
   def setup(self):
     from preprocessing import codec
 
+    _limit_torch_threads(self._cfg)
     c = self._cfg['codec']
     self._codec = codec.Codec.load(c['weights'], chunk_s=c['chunk_s'], context_s=c['context_s'], device=c['device'])
 

@@ -30,8 +30,8 @@ from pathlib import Path
 from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/demo', 'Where every stage writes (see the module docstring).')
-_NUM_PIECES = flags.DEFINE_integer('num_pieces', 8, 'Synthetic recordings (split 0.8/0.1/0.1 by recording).')
-_SECONDS = flags.DEFINE_float('seconds', 24.0, 'Length of each synthetic recording in seconds.')
+_NUM_PIECES = flags.DEFINE_integer('num_pieces', 6, 'Synthetic recordings (split 0.8/0.1/0.1 by recording).')
+_SECONDS = flags.DEFINE_float('seconds', 20.0, 'Length of each synthetic recording in seconds.')
 _STEPS = flags.DEFINE_integer('steps', 300, 'Training steps of configs/tiny.py.')
 _WORKERS = flags.DEFINE_integer('workers', 2, 'Beam DirectRunner worker processes for preprocessing.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the synthetic dataset.')

@@ -68,4 +68,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.beam.runner = 'DirectRunner'
   c.beam.direct_running_mode = 'multi_processing'  # 'in_memory' | 'multi_threading' | 'multi_processing'
   c.beam.num_workers = 2
+  c.torch_threads = 0  # torch threads per worker; 0 = cores / DirectRunner worker processes
   return c
