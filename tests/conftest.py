@@ -25,3 +25,23 @@ def parity_dirs():
   dirs = sorted(p for p in PARITY_FIXTURES.iterdir() if (p / 'checkpoint.pt').exists())
   assert dirs, f'no parity fixtures under {PARITY_FIXTURES}'
   return dirs
+
+
+def build_token_dataset(root: Path, *, min_frames: int, max_frames: int, num_clips: int = 12, seed: int = 1) -> Path:
+  """A TFDS `saxgpt_tokens` dataset of `num_clips` random clips (2 per recording, frames in [min, max)),
+  split 0.5/0.25/0.25 by recording with the real builder. Returns its data_dir (root / 'tfds')."""
+  import numpy as np
+
+  from preprocessing import manifest, tfds_builder
+
+  rng = np.random.default_rng(seed)
+  records = []
+  for i in range(num_clips):
+    n = int(rng.integers(min_frames, max_frames))
+    rec = manifest.ClipRecord(f'clip{i}', f'rec{i // 2}', 0.0, n / 50, 'none', n, manifest.CodecInfo(),
+                              f'clips/clip{i}.npz')
+    manifest.write_clip(root / 'tokens', rec, *rng.integers(0, 2048, (2, 4, n), dtype=np.int16))
+    records.append(rec)
+  manifest.append_records(root / 'tokens', records)
+  tfds_builder.build_dataset(root / 'tokens', root / 'tfds', split_fractions=(0.5, 0.25, 0.25))
+  return root / 'tfds'

@@ -10,8 +10,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
-from preprocessing import manifest, tfds_builder
 from saxgpt_jax import data
+from tests.conftest import build_token_dataset
 
 SEQ_LEN, STRIDE, K = 32, 16, 4
 
@@ -19,19 +19,7 @@ SEQ_LEN, STRIDE, K = 32, 16, 4
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   """6 recordings x 2 clips of 20..90 frames (some shorter than a window), built with the plain runner."""
-  tokens_dir = tmp_path_factory.mktemp('tokens')
-  rng = np.random.default_rng(1)
-  records = []
-  for i in range(12):
-    n = int(rng.integers(20, 90))
-    rec = manifest.ClipRecord(f'clip{i}', f'rec{i // 2}', 0.0, n / 50, 'none', n, manifest.CodecInfo(),
-                              f'clips/clip{i}.npz')
-    manifest.write_clip(tokens_dir, rec, *rng.integers(0, 2048, (2, K, n), dtype=np.int16))
-    records.append(rec)
-  manifest.append_records(tokens_dir, records)
-  out = tmp_path_factory.mktemp('tfds')
-  tfds_builder.build_dataset(tokens_dir, out, split_fractions=(0.5, 0.25, 0.25))
-  return out
+  return build_token_dataset(tmp_path_factory.mktemp('data'), min_frames=20, max_frames=90)
 
 
 def make_config(data_dir, global_batch=4, **data_overrides):

@@ -14,9 +14,9 @@ from matplotlib import image as mpl_image
 from scipy import stats
 
 from configs import tiny
-from preprocessing import manifest, tfds_builder
 from saxgpt_jax import checkpoint as ckpt_lib
 from saxgpt_jax import data, decode, evaluate, metrics_log, plots
+from tests.conftest import build_token_dataset
 from tests.conftest import REPO_ROOT
 
 K, SEQ_LEN, V = 4, 16, 2048
@@ -42,16 +42,7 @@ def workdir(tmp_path_factory):
   """A training-like workdir: tiny random checkpoint (16-frame windows), metrics.jsonl, and a TFDS dataset of
   12 synthetic clips of 10..40 frames (some shorter than a window)."""
   root = tmp_path_factory.mktemp('eval')
-  rng = np.random.default_rng(1)
-  records = []
-  for i in range(12):
-    n = int(rng.integers(10, 40))
-    rec = manifest.ClipRecord(f'clip{i}', f'rec{i // 2}', 0.0, n / 50, 'none', n, manifest.CodecInfo(),
-                              f'clips/clip{i}.npz')
-    manifest.write_clip(root / 'tokens', rec, *rng.integers(0, V, (2, K, n), dtype=np.int16))
-    records.append(rec)
-  manifest.append_records(root / 'tokens', records)
-  tfds_builder.build_dataset(root / 'tokens', root / 'tfds', split_fractions=(0.5, 0.25, 0.25))
+  build_token_dataset(root, min_frames=10, max_frames=40)
   config = tiny.get_config()
   config.model.update(d_model=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=64,
                       max_seq_len=SEQ_LEN + K + 1)

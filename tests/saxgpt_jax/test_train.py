@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from preprocessing import manifest, tfds_builder
 from saxgpt_jax import checkpoint
 from saxgpt_jax import metrics_log
 from saxgpt_jax import sharding
 from saxgpt_jax import train
 from saxgpt_jax import train_state
+from tests.conftest import build_token_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_STEPS = 8
@@ -40,19 +40,7 @@ SUBPROCESS_TIMEOUT_S = 240
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   """12 clips of 20..60 random frames in 6 recordings, split 3/1.5/1.5 by recording."""
-  tokens_dir = tmp_path_factory.mktemp('tokens')
-  rng = np.random.default_rng(1)
-  records = []
-  for i in range(12):
-    n = int(rng.integers(20, 60))
-    rec = manifest.ClipRecord(f'clip{i}', f'rec{i // 2}', 0.0, n / 50, 'none', n, manifest.CodecInfo(),
-                              f'clips/clip{i}.npz')
-    manifest.write_clip(tokens_dir, rec, *rng.integers(0, 2048, (2, 4, n), dtype=np.int16))
-    records.append(rec)
-  manifest.append_records(tokens_dir, records)
-  out = tmp_path_factory.mktemp('tfds')
-  tfds_builder.build_dataset(tokens_dir, out, split_fractions=(0.5, 0.25, 0.25))
-  return out
+  return build_token_dataset(tmp_path_factory.mktemp('data'), min_frames=20, max_frames=60)
 
 
 def make_config(data_dir, **overrides):
