@@ -139,16 +139,18 @@ def _inputs(backing: str) -> list[Path]:
   return [path]
 
 
-def load_tokens(path: Path, num_codebooks: int) -> np.ndarray:
-  """A raw token .npy as int32 [B, K, N], with a clear error for wrong shapes or codes."""
+def load_tokens(path: Path, num_codebooks: int) -> tuple[np.ndarray, bool]:
+  """A raw token .npy as (int32 [B, K, N], whether the file held a single [K, N] track), with a clear
+  error for wrong shapes or codes."""
   tokens = np.load(path)
-  if tokens.ndim == 2:
+  single = tokens.ndim == 2
+  if single:
     tokens = tokens[None]
   if tokens.ndim != 3 or tokens.shape[1] != num_codebooks:
     raise SystemExit(f'{path}: expected raw tokens [{num_codebooks}, N] or [B, {num_codebooks}, N], got {tokens.shape}.')
   if not np.issubdtype(tokens.dtype, np.integer) or tokens.min() < 0 or tokens.max() > 2047:
     raise SystemExit(f'{path}: tokens must be integer codes in [0, 2047] (raw, not delayed).')
-  return tokens.astype(np.int32)
+  return tokens.astype(np.int32), single
 
 
 def run(*, checkpoint: str, backing: str, output: str, sampling: decode.SamplingParams, seed: int,
@@ -176,9 +178,9 @@ def run(*, checkpoint: str, backing: str, output: str, sampling: decode.Sampling
   rng = jax.random.key(seed)
   for i, path in enumerate(inputs):
     t0 = time.time()
-    wave = None
+    wave, single = None, True
     if path.suffix == '.npy':
-      tokens = load_tokens(path, k_count)
+      tokens, single = load_tokens(path, k_count)
     else:
       audio, codec_lib = _audio_modules()
       if codec is None:
@@ -192,7 +194,7 @@ def run(*, checkpoint: str, backing: str, output: str, sampling: decode.Sampling
              'windows': len(plan_windows(model, solo.shape[-1], stride).starts), 'files': []}
     if token_file:
       arr = solo[:, 0] if num_samples == 1 else solo
-      arr = arr[0] if np.load(path, mmap_mode='r').ndim == 2 else arr
+      arr = arr[0] if single else arr  # [4, N] in -> [4, N] out
       _save_npy(Path(output), arr)
       entry['files'].append(output)
     else:
