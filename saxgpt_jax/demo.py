@@ -13,7 +13,8 @@ Stages and outputs under --workdir:
   2. tokens/     preprocessing (Beam DirectRunner): RMS windows, clips, EnCodec tokens, manifest
      tfds/       the `saxgpt_tokens` ArrayRecord shards, split by recording
   3. train/      saxgpt_jax.train with configs/tiny.py: checkpoints, metrics.jsonl, TensorBoard
-  4. generated/  saxgpt_jax.generate on a held-out (test split) backing: *_solo.wav, *_mix.wav, tokens
+  4. generated/  saxgpt_jax.generate on a held-out (test split) backing (copied to held_out/<id>.wav):
+                 <id>_solo.wav, <id>_mix.wav, <id>_solo.npy, summary.json
   5. eval/       saxgpt_jax.evaluate on the test split: report.json and PNG plots
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -62,7 +64,10 @@ def _held_out_backing(config_args: list[str], stems: Path) -> Path:
   path = stems / rec / 'backing.wav'
   if not path.exists():
     raise SystemExit(f'test recording {rec} has no backing at {path}; rerun the demo with a fresh --workdir.')
-  return path
+  named = stems.parent / 'held_out' / f'{rec}.wav'  # outputs are named after their input: <rec>_solo.wav
+  named.parent.mkdir(parents=True, exist_ok=True)
+  shutil.copyfile(path, named)
+  return named
 
 
 def main(argv):
