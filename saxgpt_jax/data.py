@@ -22,10 +22,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from pathlib import Path
+import os
 from typing import Any, Sequence
 
 from absl import flags
+from etils import epath
 import grain
 import ml_collections
 import numpy as np
@@ -39,14 +40,15 @@ TRAIN_SPLIT = 'train'
 PADDING_SPEC = np.array([-1, 0], np.int64)  # (clip, start) of a padding window
 
 
-def _version_dir(data_dir: str, name: str) -> Path:
-  """The newest prepared version folder of `name` under `data_dir`, or a clear error."""
-  root = Path(data_dir).expanduser() / name
-  versions = sorted((p for p in root.glob('*') if tfds.core.Version.is_valid(p.name)
+def version_dir(data_dir: str, name: str) -> epath.Path:
+  """The newest prepared version folder of `name` under `data_dir` (local or gs://), or FileNotFoundError
+  naming the folder and how to build the dataset."""
+  root = epath.Path(os.path.expanduser(data_dir)) / name
+  versions = sorted((p for p in (root.glob('*') if root.exists() else ()) if tfds.core.Version.is_valid(p.name)
                      and (p / 'dataset_info.json').exists()), key=lambda p: tfds.core.Version(p.name))
   if not versions:
     raise FileNotFoundError(
-        f'No prepared TFDS dataset {name!r} under data_dir={data_dir!r} (looked for {root}/<version>/'
+        f'There is no TFDS dataset {name!r} under data_dir={data_dir!r} (looked for {root}/<version>/'
         f'dataset_info.json). Build it with: python -m preprocessing.build_tfds --tokens_dir=TOKENS_DIR '
         f'--data_dir={data_dir}, or set --config.data.data_dir to where it was built.')
   return versions[-1]
@@ -54,7 +56,7 @@ def _version_dir(data_dir: str, name: str) -> Path:
 
 def data_source(config: ml_collections.ConfigDict, split: str) -> Sequence[dict[str, Any]]:
   """Random-access source of clip dicts: backing/lead int16 [K, N], num_frames, recording_id (bytes), ..."""
-  builder = tfds.builder_from_directory(_version_dir(config.data.data_dir, config.data.name))
+  builder = tfds.builder_from_directory(version_dir(config.data.data_dir, config.data.name))
   if split not in builder.info.splits:
     raise ValueError(f'{config.data.name} in {config.data.data_dir} has no split {split!r}; '
                      f'it has {sorted(builder.info.splits)}.')

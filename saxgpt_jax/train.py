@@ -106,12 +106,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *, chec
   if train.keep_latest < 1:
     problems.append(f'train.keep_latest={train.keep_latest} must be >= 1 (resuming needs the latest)')
   if check_dataset:
-    root = checkpoint.as_path(config.data.data_dir) / config.data.name
-    if not any(root.glob('*/dataset_info.json')):
-      problems.append(
-          f'no TFDS dataset {config.data.name!r} under data.data_dir={config.data.data_dir!r} '
-          f'(no {root}/<version>/dataset_info.json); build it with `python -m preprocessing.build_tfds '
-          f'--tokens_dir=TOKENS --data_dir={config.data.data_dir}` or set --config.data.data_dir')
+    from saxgpt_jax import data  # pylint: disable=g-import-not-at-top
+
+    try:
+      data.version_dir(config.data.data_dir, config.data.name)
+    except FileNotFoundError as e:
+      problems.append(str(e))
   if config.init_from and not (checkpoint.checkpoint_dir(config.init_from) / checkpoint.CONFIG_FILE).exists():
     problems.append(f'init_from={config.init_from!r} holds no checkpoint (no config.json); pass a directory '
                     'written by convert_torch / save_params or a training workdir')
