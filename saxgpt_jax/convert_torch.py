@@ -164,7 +164,7 @@ def load_into(model: model_lib.SaxGPT, state: dict[str, np.ndarray]) -> model_li
         f'norm_first={cfg.norm_first}):\n  ' + '\n  '.join(parts))
   import jax.numpy as jnp
 
-  assign += [(lambda m: m.embed, np.stack(tables)), (lambda m: m.head_w, np.stack([w.T for w in head_w])),
+  assign += [(lambda m: m.embed, np.stack(tables)), (lambda m: m.head_w, np.stack([w.T for w in head_w], axis=1)),
              (lambda m: m.head_b, np.stack(head_b))]
   for getter, value in assign:
     param = getter(model)

@@ -90,7 +90,7 @@ class LoopState:
   """The scan carry of the decode loop. R = B * num_samples rows."""
   tokens: Array  # int32 [R, K] — tokens at `position`, fed to the next step
   position: Array  # int32 [] — position of `tokens`
-  cache: Any  # the step function's cache, e.g. DecodeCache: self K/V [L, R, T_max, N, H], cross K/V
+  cache: Any  # the step function's cache, e.g. model.DecodeCache
 
 
 def _force_delay_padding(tokens_rk: Array, position: Array, padding_idx: int) -> Array:
@@ -140,8 +140,8 @@ def _generate(graphdef, state, src, src_mask, prompt, sampling: SamplingParams, 
   cfg = model.cfg
   b = src.shape[0]
   memory = model.encode(src, src_mask)  # once per input, not per sample
+  cache = model.init_cache(memory, src_mask, max_len=num_steps, num_samples=num_samples)  # cross K/V shared
   rep = lambda x: None if x is None else jnp.repeat(x, num_samples, axis=0)
-  cache = model.init_cache(rep(memory), rep(src_mask), max_len=num_steps)
   stream = sample_loop(model.decode_step, cache, row_keys(rng, b, num_samples), sampling,
                        num_codebooks=cfg.num_codebooks, num_steps=num_steps, padding_idx=cfg.padding_idx,
                        prompt=rep(prompt))

@@ -113,7 +113,12 @@ class LayerNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-  """Multi-head attention without biases. Self-attention keeps q/k/v in one [D, 3, N, H] kernel."""
+  """Multi-head attention without biases. Self-attention keeps q/k/v in one [D, 3, N, H] kernel.
+
+  Every projection contracts the kernel's leading (input) axes and keeps its other axes in order, so XLA
+  sees a plain `[rows, in] x [in, out]` matmul of the row-major kernel: no weight transposes, which in
+  the memory-bound decode loop XLA:CPU would otherwise redo on every step.
+  """
 
   def __init__(self, cfg: ModelConfig, *, cross: bool, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -127,19 +132,28 @@ class Attention(nnx.Module):
       self.qkv = _param(rngs, _normal, (d, 3, n, h), ('embed', None, 'heads', 'kv'), pdt)
     self.out = _param(rngs, _normal, (n, h, d), ('heads', 'kv', 'embed'), pdt)
 
-  def _w(self, p: nnx.Param) -> Array:
-    return p[...].astype(self.cfg.dtype)
+  def _einsum(self, spec: str, x: Array, p: nnx.Param) -> Array:
+    dt = self.cfg.dtype
+    return jnp.einsum(spec, x.astype(dt), p[...].astype(dt))
 
   def project_qkv(self, x_btd: Array) -> tuple[Array, Array, Array]:
-    qkv = jnp.einsum('BTD,DJNH->JBTNH', x_btd.astype(self.cfg.dtype), self._w(self.qkv))
-    return qkv[0], qkv[1], qkv[2]
+    """-> q, k, v, each [B, T, N, H]."""
+    qkv = self._einsum('BTD,DJNH->BTJNH', x_btd, self.qkv)
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
   def project_q(self, x_btd: Array) -> Array:
-    return jnp.einsum('BTD,DNH->BTNH', x_btd.astype(self.cfg.dtype), self._w(self.q))
+    return self._einsum('BTD,DNH->BTNH', x_btd, self.q)
 
   def project_kv(self, memory_bsd: Array) -> tuple[Array, Array]:
-    kv = jnp.einsum('BSD,DJNH->JBSNH', memory_bsd.astype(self.cfg.dtype), self._w(self.kv))
-    return kv[0], kv[1]
+    kv = self._einsum('BSD,DJNH->BSJNH', memory_bsd, self.kv)
+    return kv[:, :, 0], kv[:, :, 1]
+
+  def project_out(self, o_btnh: Array) -> Array:
+    """Concatenated heads [B, T, N, H] -> [B, T, D]: one [N*H, D] matmul (contracting N and H as two axes
+    lets XLA reorder them and transpose the kernel)."""
+    w = self.out[...].astype(self.cfg.dtype)
+    o = o_btnh.reshape(*o_btnh.shape[:-2], -1).astype(self.cfg.dtype)
+    return o @ w.reshape(-1, w.shape[-1])
 
   def attend(self, q_btnh: Array, k_bsnh: Array, v_bsnh: Array, mask: Array | None,
              is_causal: bool = False) -> Array:
@@ -148,7 +162,7 @@ class Attention(nnx.Module):
     o_btnh = jax.nn.dot_product_attention(
         q_btnh, k_bsnh, v_bsnh, mask=mask, is_causal=is_causal,
         scale=1.0 / math.sqrt(self.cfg.head_dim), implementation=impl)
-    return jnp.einsum('BTNH,NHD->BTD', o_btnh, self._w(self.out))
+    return self.project_out(o_btnh)
 
 
 class FeedForward(nnx.Module):
@@ -198,9 +212,9 @@ class EncoderLayer(nnx.Module):
 class DecoderLayer(nnx.Module):
   """Causal self-attention, cross-attention over the encoder memory, feed-forward.
 
-  `self_attention(x, ...)` takes a callable that turns the layer's (q, k, v) into attention output, so the
-  full forward pass (causal mask over T) and the cached decode step (one position against the cache)
-  share every other line.
+  `self_attend(attn, y)` and `cross_attend(attn, y)` turn the layer's normed input into attention output
+  (after the output projection), so the full forward pass (causal mask over T, memory [B, S, D]) and the
+  cached decode step (one position against the caches) share every other line.
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -213,13 +227,10 @@ class DecoderLayer(nnx.Module):
     self.norm3 = LayerNorm(cfg, rngs=rngs)
     self.dropout = nnx.Dropout(cfg.dropout)
 
-  def __call__(self, x, self_attend, cross_k, cross_v, cross_mask, deterministic, rngs):
+  def __call__(self, x, self_attend, cross_attend, deterministic, rngs):
     drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
-
-    def ca(y):
-      return self.cross_attn.attend(self.cross_attn.project_q(y), cross_k, cross_v, mask=cross_mask)
-
     sa = lambda y: self_attend(self.self_attn, y)
+    ca = lambda y: cross_attend(self.cross_attn, y)
     if self.cfg.norm_first:
       x = x + drop(sa(self.norm1(x)))
       x = x + drop(ca(self.norm2(x)))
@@ -231,22 +242,34 @@ class DecoderLayer(nnx.Module):
 
 @struct.dataclass
 class DecodeCache:
-  """Everything the decode step reads besides the new tokens. Leading axis of each array: L layers.
+  """Everything the decode step reads besides the new tokens: one array per decoder layer (a tuple of L,
+  so a step reads each in place), laid out so every attention product is a plain batched matrix-vector
+  product with no per-step transposes. R = B * G rows: G samples of each of the B backings, adjacent;
+  batch and head axes are merged (Z = R * N for self-attention, B * N for cross-attention).
 
-  self_k, self_v: [L, B, T_max, N, H] — self-attention keys/values written position by position.
-  cross_k, cross_v: [L, B, S, N, H] — cross-attention keys/values of the encoder memory, computed once.
+  self_k: L x [R*N, H, T_max], self_v: L x [R*N, T_max, H] — self-attention keys/values, written
+    position by position (in place).
+  cross_k: L x [B*N, H, S], cross_v: L x [B*N, S, H] — cross-attention keys/values of the encoder
+    memory, computed once and shared by the G samples of each backing.
   src_mask: [B, S] bool — True where the backing is a real frame.
   """
-  self_k: Array
-  self_v: Array
-  cross_k: Array
-  cross_v: Array
+  self_k: tuple[Array, ...]
+  self_v: tuple[Array, ...]
+  cross_k: tuple[Array, ...]
+  cross_v: tuple[Array, ...]
   src_mask: Array
 
 
 def _key_mask(src_mask_bs: Array | None) -> Array | None:
   """[B, S] key-padding mask -> [B, 1, 1, S] for dot_product_attention."""
   return None if src_mask_bs is None else src_mask_bs[:, None, None, :]
+
+
+def _softmax_attention(logits: Array, visible: Array, value_dtype) -> Array:
+  """Masked softmax in float32, as jax.nn.dot_product_attention computes it (masked keys get the most
+  negative float, not -inf, so a fully masked row stays finite)."""
+  logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits, axis=-1).astype(value_dtype)
 
 
 class SaxGPT(nnx.Module):
@@ -262,7 +285,8 @@ class SaxGPT(nnx.Module):
     if cfg.norm_first:
       self.encoder_norm = LayerNorm(cfg, rngs=rngs)
       self.decoder_norm = LayerNorm(cfg, rngs=rngs)
-    self.head_w = _param(rngs, _normal, (k, d, cfg.codebook_size), ('codebooks', 'embed', 'vocab'), pdt)
+    # [D, K, V]: the K heads side by side, one [D, K*V] matmul (no per-head weight transposes)
+    self.head_w = _param(rngs, _normal, (d, k, cfg.codebook_size), ('embed', 'codebooks', 'vocab'), pdt)
     self.head_b = _param(rngs, _zeros, (k, cfg.codebook_size), ('codebooks', 'vocab'), pdt)
     self.dropout = nnx.Dropout(cfg.dropout)
 
@@ -283,8 +307,8 @@ class SaxGPT(nnx.Module):
     if self.cfg.norm_first:
       x_btd = self.decoder_norm(x_btd)
     dt = self.cfg.dtype
-    logits = jnp.einsum('BTD,KDV->BKTV', x_btd.astype(dt), self.head_w[...].astype(dt))
-    return logits.astype(jnp.float32) + self.head_b[...][None, :, None, :]
+    logits = jnp.einsum('BTD,DKV->BTKV', x_btd.astype(dt), self.head_w[...].astype(dt))
+    return (logits.astype(jnp.float32) + self.head_b[...]).transpose(0, 2, 1, 3)
 
   def _check_tokens(self, name: str, tokens: Array) -> None:
     cfg = self.cfg
@@ -321,43 +345,68 @@ class SaxGPT(nnx.Module):
 
     for layer in self.decoder_layers:
       ck, cv = layer.cross_attn.project_kv(memory)
-      x = layer(x, causal, ck, cv, cross_mask, deterministic, rngs)
+      cross = lambda attn, y, ck=ck, cv=cv: attn.attend(attn.project_q(y), ck, cv, mask=cross_mask)
+      x = layer(x, causal, cross, deterministic, rngs)
     return self._heads(x)
 
   # --- cached decoding -------------------------------------------------------------------------
-  def init_cache(self, memory_bsd: Array, src_mask_bs: Array | None, max_len: int) -> DecodeCache:
-    """Computes every layer's cross-attention K/V once and allocates an empty self-attention cache."""
+  def init_cache(self, memory_bsd: Array, src_mask_bs: Array | None, max_len: int,
+                 num_samples: int = 1) -> DecodeCache:
+    """Every layer's cross-attention K/V of memory [B, S, D], computed once, and an empty self-attention
+    cache for B * num_samples rows of up to max_len positions."""
     cfg = self.cfg
     b, s, _ = memory_bsd.shape
     if max_len > cfg.max_seq_len:
       raise ValueError(f'cannot decode {max_len} positions: model.max_seq_len is {cfg.max_seq_len}.')
-    cross = [layer.cross_attn.project_kv(memory_bsd) for layer in self.decoder_layers]
-    shape = (cfg.num_decoder_layers, b, max_len, cfg.num_heads, cfg.head_dim)
+    n, h = cfg.num_heads, cfg.head_dim
+    cross_k, cross_v = [], []
+    for layer in self.decoder_layers:
+      k_bsnh, v_bsnh = layer.cross_attn.project_kv(memory_bsd)
+      cross_k.append(k_bsnh.transpose(0, 2, 3, 1).reshape(b * n, h, s))
+      cross_v.append(v_bsnh.transpose(0, 2, 1, 3).reshape(b * n, s, h))
+    z = b * num_samples * n
+    layers = range(cfg.num_decoder_layers)
     if src_mask_bs is None:
       src_mask_bs = jnp.ones((b, s), bool)
     return DecodeCache(
-        self_k=jnp.zeros(shape, cfg.dtype), self_v=jnp.zeros(shape, cfg.dtype),
-        cross_k=jnp.stack([k for k, _ in cross]), cross_v=jnp.stack([v for _, v in cross]),
-        src_mask=src_mask_bs)
+        self_k=tuple(jnp.zeros((z, h, max_len), cfg.dtype) for _ in layers),
+        self_v=tuple(jnp.zeros((z, max_len, h), cfg.dtype) for _ in layers),
+        cross_k=tuple(cross_k), cross_v=tuple(cross_v), src_mask=src_mask_bs)
 
-  def decode_step(self, tokens_bk: Array, position: Array, cache: DecodeCache) -> tuple[Array, DecodeCache]:
-    """One decoder position: tokens [B,K] at `position` (scalar int) -> logits [B,K,V] and the new cache."""
-    max_len = cache.self_k.shape[2]
-    x = self._embed(tokens_bk[:, :, None], position[None], True, None)
-    visible = (jnp.arange(max_len) <= position)[None, None, None, :]  # [1,1,1,T_max]
-    cross_mask = _key_mask(cache.src_mask)
-    kv = {'k': cache.self_k, 'v': cache.self_v}  # updated in place (dynamic_update_slice)
+  def decode_step(self, tokens_rk: Array, position: Array, cache: DecodeCache) -> tuple[Array, DecodeCache]:
+    """One decoder position: tokens [R,K] at `position` (scalar int) -> logits [R,K,V] and the new cache.
+
+    Attention is written out as einsums over the cache layouts (see DecodeCache); the G = R / B samples
+    of a backing share its cross K/V, so cross-attention is a [G, H] x [H, S] product per head.
+    """
+    cfg = self.cfg
+    rows = tokens_rk.shape[0]
+    b, s = cache.src_mask.shape
+    g, n, h = rows // b, cfg.num_heads, cfg.head_dim
+    scale = jnp.float32(1.0 / math.sqrt(h))
+    x = self._embed(tokens_rk[:, :, None], position[None], True, None)  # [R, 1, D]
+    visible = jnp.arange(cache.self_k[0].shape[-1]) <= position  # [T_max]
+    key_ok = cache.src_mask[:, None, None, :]  # [B, 1, 1, S]
+    self_k, self_v = list(cache.self_k), list(cache.self_v)
     for i, layer in enumerate(self.decoder_layers):
 
-      def cached(attn: Attention, y, i=i):
-        q, k, v = attn.project_qkv(y)  # [B,1,N,H]
-        at = (i, 0, position, 0, 0)
-        kv['k'] = jax.lax.dynamic_update_slice(kv['k'], k[None].astype(kv['k'].dtype), at)
-        kv['v'] = jax.lax.dynamic_update_slice(kv['v'], v[None].astype(kv['v'].dtype), at)
-        return attn.attend(q, kv['k'][i], kv['v'][i], mask=visible)
+      def self_attend(attn: Attention, y, i=i):
+        q, k, v = (t.reshape(rows * n, h) for t in attn.project_qkv(y))  # [R*N, H]
+        self_k[i] = jax.lax.dynamic_update_slice(self_k[i], k[:, :, None].astype(cfg.dtype), (0, 0, position))
+        self_v[i] = jax.lax.dynamic_update_slice(self_v[i], v[:, None, :].astype(cfg.dtype), (0, position, 0))
+        logits = jnp.einsum('ZH,ZHT->ZT', q, self_k[i], preferred_element_type=jnp.float32) * scale
+        o = jnp.einsum('ZT,ZTH->ZH', _softmax_attention(logits, visible, self_v[i].dtype), self_v[i])
+        return attn.project_out(o.reshape(rows, 1, n, h))
 
-      x = layer(x, cached, cache.cross_k[i], cache.cross_v[i], cross_mask, True, None)
-    cache = cache.replace(self_k=kv['k'], self_v=kv['v'])
+      def cross_attend(attn: Attention, y, i=i):
+        q = attn.project_q(y).reshape(b, g, n, h).transpose(0, 2, 1, 3).reshape(b * n, g, h)
+        logits = jnp.einsum('ZGH,ZHS->ZGS', q, cache.cross_k[i], preferred_element_type=jnp.float32) * scale
+        probs = _softmax_attention(logits.reshape(b, n, g, s), key_ok, cache.cross_v[i].dtype)
+        o = jnp.einsum('ZGS,ZSH->ZGH', probs.reshape(b * n, g, s), cache.cross_v[i])
+        return attn.project_out(o.reshape(b, n, g, h).transpose(0, 2, 1, 3).reshape(rows, 1, n, h))
+
+      x = layer(x, self_attend, cross_attend, True, None)
+    cache = cache.replace(self_k=tuple(self_k), self_v=tuple(self_v))
     return self._heads(x)[:, :, 0], cache
 
 

@@ -22,7 +22,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/large.py.', lock_config=True)
 _BATCH = flags.DEFINE_list('batch', None, 'Batch size(s). train/data: one value (default: '
-                           'config.train.global_batch_size); decode: a list (default: 1,16).')
+                           'config.train.global_batch_size); decode: a list (default: 1,16) of B or BxG '
+                           '(B backings x G samples each, e.g. 1x16).')
 _FRAMES = flags.DEFINE_integer('frames', None, 'Frames per window (train) or of backing (decode), before '
                                'the delay pattern adds K+1 positions. Default: config.data.seq_len.')
 _STEPS = flags.DEFINE_integer('steps', None, 'train: timed steps (default 10); decode: decode steps per '
@@ -43,12 +44,13 @@ _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table
 COMMANDS = ('train', 'decode', 'data')
 
 
-def _batches(default: list[int], single: bool) -> list[int]:
-  values = default if _BATCH.value is None else [int(b) for b in _BATCH.value]
-  if not values or min(values) < 1 or (single and len(values) != 1):
-    raise app.UsageError(f'--batch must be {"one positive integer" if single else "positive integers"}, '
-                         f'got {_BATCH.value}')
-  return values
+def _single_batch(default: int) -> int:
+  """train/data: --batch as one positive integer."""
+  if _BATCH.value is None:
+    return default
+  if len(_BATCH.value) != 1 or not _BATCH.value[0].isdigit() or int(_BATCH.value[0]) < 1:
+    raise app.UsageError(f'--batch must be one positive integer, got {_BATCH.value}')
+  return int(_BATCH.value[0])
 
 
 def run_command(command: str) -> dict:
@@ -65,12 +67,18 @@ def run_command(command: str) -> dict:
 
   if command == 'train':
     from saxgpt_jax.bench import train
-    result = train.run(config, batch=_batches([config.train.global_batch_size], True)[0],
+    result = train.run(config, batch=_single_batch(config.train.global_batch_size),
                        frames=_FRAMES.value or config.data.seq_len, steps=_STEPS.value or 10,
                        warmup=_WARMUP.value, reference=_REFERENCE.value, peak_flops=_PEAK_FLOPS.value)
   elif command == 'decode':
     from saxgpt_jax.bench import decode
-    result = decode.run(config, batches=_batches([1, 16], False), steps=_STEPS.value or 300,
+    rows = _BATCH.value or ['1', '16']
+    try:
+      for row in rows:
+        decode.parse_row(row)
+    except ValueError as e:
+      raise app.UsageError(f'--batch: {e}') from None
+    result = decode.run(config, batches=rows, steps=_STEPS.value or 300,
                         frames=_FRAMES.value, repeats=_REPEATS.value, warmup=_WARMUP.value,
                         reference=_REFERENCE.value, rtf_frames=_RTF_FRAMES.value)
   else:
@@ -78,7 +86,7 @@ def run_command(command: str) -> dict:
       raise app.UsageError('--reference applies to train and decode only')
     from saxgpt_jax.bench import data
     result = {'command': 'data', **data.benchmark(config, steps=_STEPS.value or 20,
-                                                   batch=_batches([config.train.global_batch_size], True)[0])}
+                                                   batch=_single_batch(config.train.global_batch_size))}
   result['config'] = config_flags.get_config_filename(flags.FLAGS['config'])
   result.setdefault('machine', timing.machine())
   if _REFERENCE.value == 'torch':

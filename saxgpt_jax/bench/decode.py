@@ -4,7 +4,10 @@ A run is one `decode.generate` call (encode the backing once, then `steps` cache
 `lax.scan`) on random backing tokens of `frames` frames (delayed: src [B, K, frames+K+1]). The first
 (compiling) call uses the config's sampling settings; the timed calls cycle through variants of equal
 cost (other temperature, top-k, top-p, greedy flag and seed) and count the compiles they cause. The encoder (plus every layer's cross K/V) is timed on its own and subtracted,
-so steps/s is the decode loop alone; frames/s = batch x steps/s (one position per stream per step).
+so steps/s is the decode loop alone; frames/s = streams x steps/s (one position per stream per step).
+A row `BxG` (e.g. `--batch=1x16`) decodes G samples of each of B backings in one call (`num_samples=G`,
+sharing the backing's encoder memory and cross-attention K/V); the reference, which has no such
+sharing, decodes the B*G streams as a batch of repeated backings.
 The torch reference runs its original loop (one eager step per token, KV cache grown by `torch.cat`) on
 the same config, batch, length and sampling, alternating run by run with JAX.
 """
@@ -40,7 +43,19 @@ def _sampling_variants(sample: ml_collections.ConfigDict, seed: int) -> list[tup
   return [(decode.SamplingParams.make(**v), jax.random.key(seed + i)) for i, v in enumerate(variants)]
 
 
-def _jax_runs(model: SaxGPT, src: np.ndarray, steps: int, variants: list):
+def parse_row(spec: str) -> tuple[int, int]:
+  """'16' -> (16, 1) backings x samples; '1x16' -> (1, 16)."""
+  parts = str(spec).lower().split('x')
+  try:
+    batch, samples = (int(parts[0]), 1) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+  except ValueError:
+    batch = samples = 0
+  if len(parts) > 2 or batch < 1 or samples < 1:
+    raise ValueError(f'a decode batch is B or BxG (B backings x G samples each, both >= 1), got {spec!r}')
+  return batch, samples
+
+
+def _jax_runs(model: SaxGPT, src: np.ndarray, steps: int, variants: list, samples: int = 1):
   """-> (generate run, encode run): callables that block until done; each generate call takes the next
   of `variants` ((SamplingParams, rng) pairs), the first call the first."""
   src = jax.device_put(src)
@@ -50,11 +65,12 @@ def _jax_runs(model: SaxGPT, src: np.ndarray, steps: int, variants: list):
   @jax.jit
   def encode(state, src):
     m = nnx.merge(graphdef, state)
-    return m.init_cache(m.encode(src), None, max_len=steps)
+    return m.init_cache(m.encode(src), None, max_len=steps, num_samples=samples)
 
   def generate():
     sampling, rng = variants[next(calls) % len(variants)]
-    decode.generate(model, src, num_steps=steps, sampling=sampling, rng=rng).block_until_ready()
+    decode.generate(model, src, num_steps=steps, sampling=sampling, rng=rng,
+                    num_samples=samples).block_until_ready()
 
   return generate, lambda: jax.block_until_ready(encode(state, src))
 
@@ -95,10 +111,12 @@ def _figures(call_s: list[float], encode_s: list[float], batch: int, steps: int)
           'frames_per_s': batch * steps / loop, 'min_call_s': min(call_s), 'max_call_s': max(call_s)}
 
 
-def run(config: ml_collections.ConfigDict, *, batches: Sequence[int] = (1, 16), steps: int = 300,
+def run(config: ml_collections.ConfigDict, *, batches: Sequence[int | str] = (1, 16), steps: int = 300,
         frames: int | None = None, repeats: int = 3, warmup: int = 1, reference: str = '',
         rtf_frames: int = 1500) -> dict[str, Any]:
-  """Benchmarks `generate` at each batch size; see the module docstring. rtf_frames=0 skips the RTF run."""
+  """Benchmarks `generate` at each batch size (B or 'BxG', see the module docstring); rtf_frames=0 skips
+  the RTF run."""
+  rows = {f'batch_{spec}': parse_row(spec) for spec in batches}
   model_cfg = ModelConfig.from_config(config.model)
   k = model_cfg.num_codebooks
   frames = config.data.seq_len if frames is None else frames
@@ -120,32 +138,31 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int] = (1, 16), 
     if s.top_p:
       result['torch_note'] = 'the torch reference samples without top-p'
 
-  for batch in batches:
+  for row, (batch, samples) in rows.items():
     src = random_batch(model_cfg, batch, frames, seed=config.train.seed)['src']
-    jax_generate, jax_encode = _jax_runs(model, src, steps, variants)
-    logging.info('decode batch %d: compiling generate (%d steps)', batch, steps)
+    jax_generate, jax_encode = _jax_runs(model, src, steps, variants, samples)
+    logging.info('decode %s: compiling generate (%d steps)', row, steps)
     with compiles.watch() as first:
       jax_generate()
-    logging.info('decode batch %d: first call %.1f s (compile %.1f s); timing', batch, first.wall_s, first.compile_s)
+    logging.info('decode %s: first call %.1f s (compile %.1f s); timing', row, first.wall_s, first.compile_s)
     jax_encode()
-    row = f'batch_{batch}'
     runs = {'jax': jax_generate}
     encodes = {'jax': jax_encode}
     if reference == 'torch':
-      runs['torch'], encodes['torch'] = _torch_runs(config, src, steps)
+      runs['torch'], encodes['torch'] = _torch_runs(config, np.repeat(src, samples, axis=0), steps)
     with compiles.watch() as timed:  # new sampling settings and seeds in every JAX call
       calls = timing.interleaved(runs, repeats=repeats, warmup=warmup)
-    logging.info('decode batch %d: %s', batch, {k: [round(x, 2) for x in v] for k, v in calls.items()})
+    logging.info('decode %s: %s', row, {k: [round(x, 2) for x in v] for k, v in calls.items()})
     encode_s = timing.interleaved(encodes, repeats=repeats, warmup=0)
     for name in runs:
-      result[name][row] = _figures(calls[name], encode_s[name], batch, steps)
+      result[name][row] = _figures(calls[name], encode_s[name], batch * samples, steps)
     result['jax'][row].update(compile_s=first.compile_s, compiles=first.compiles, first_call_s=first.wall_s,
                               first_call_cpu_s=first.cpu_s,
                               recompiles_on_new_sampling=timed.compiles)
     if reference == 'torch':
       result['speedup_vs_torch'][row] = result['jax'][row]['steps_per_s'] / result['torch'][row]['steps_per_s']
 
-  rows = [f'batch_{b}' for b in batches]
+  rows = list(rows)
   result['recompiles_on_new_sampling'] = sum(result['jax'][r]['recompiles_on_new_sampling'] for r in rows)
   if len(rows) > 1:
     result['batch_scaling'] = result['jax'][rows[-1]]['frames_per_s'] / result['jax'][rows[0]]['frames_per_s']

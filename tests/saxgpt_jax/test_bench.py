@@ -44,11 +44,13 @@ def results(data_dir):
       'train': ['train', '--batch=2', '--frames=16', '--steps=2', '--warmup=0', '--reference=torch',
                 '--peak_flops=1e11'],
       # steps = rtf_frames + K, so the real-time-factor run reuses the batch-1 compile.
-      'decode': ['decode', '--batch=1,2', '--steps=20', '--rtf_frames=16', '--repeats=1', '--warmup=0',
+      # batch_1x2: 2 samples of one backing (shared cross K/V); torch decodes the backing twice.
+      'decode': ['decode', '--batch=1,1x2', '--steps=20', '--rtf_frames=16', '--repeats=1', '--warmup=0',
                  '--reference=torch'],
       'data': ['data', '--batch=2', '--steps=2', f'--config.data.data_dir={data_dir}',
                '--config.data.stride=8'],
       'bad_batch': ['train', '--batch=1,2'],  # must fail with a clear message
+      'bad_decode_batch': ['decode', '--batch=1,2y3'],
   }
   # One CPU device, as a user runs it; the cheapest XLA optimisation level, as only the plumbing and the
   # figures' consistency are under test here (on a busy 2-core machine a full compile takes minutes).
@@ -59,7 +61,7 @@ def results(data_dir):
   out = {}
   for name, proc in procs.items():
     stdout, stderr = proc.communicate(timeout=300)
-    if name == 'bad_batch':
+    if name.startswith('bad_'):
       out[name] = (proc.returncode, stderr)
       continue
     assert proc.returncode == 0, f'bench {name} failed:\n{stderr[-3000:]}'
@@ -88,13 +90,13 @@ def test_decode_reports_rates_scaling_rtf_and_no_recompiles(results):
   r = results['decode']
   assert (r['steps'], r['src_len']) == (20, 21)
   for impl in ('jax', 'torch'):
-    for batch in (1, 2):
-      f = r[impl][f'batch_{batch}']
-      assert f['frames_per_s'] == pytest.approx(batch * f['steps_per_s'])
+    for row, streams in (('batch_1', 1), ('batch_1x2', 2)):
+      f = r[impl][row]
+      assert f['frames_per_s'] == pytest.approx(streams * f['steps_per_s'])
       assert f['call_s'] > f['encode_s'] > 0
   assert r['jax']['batch_1']['compiles'] >= 1 and r['jax']['batch_1']['compile_s'] > 0
   assert r['recompiles_on_new_sampling'] == 0
-  assert r['batch_scaling'] == pytest.approx(r['jax']['batch_2']['frames_per_s'] / r['jax']['batch_1']['frames_per_s'])
+  assert r['batch_scaling'] == pytest.approx(r['jax']['batch_1x2']['frames_per_s'] / r['jax']['batch_1']['frames_per_s'])
   assert r['speedup_vs_torch']['batch_1'] == pytest.approx(
       r['jax']['batch_1']['steps_per_s'] / r['torch']['batch_1']['steps_per_s'])
   assert r['rtf']['frames'] == 16 and r['rtf']['rtf'] == pytest.approx(r['rtf']['wall_s'] / (16 / 50))
@@ -109,6 +111,8 @@ def test_data_reports_pipeline_throughput(results):
 def test_bad_flags_fail_with_a_clear_message(results):
   returncode, stderr = results['bad_batch']
   assert returncode != 0 and '--batch must be one positive integer' in stderr
+  returncode, stderr = results['bad_decode_batch']
+  assert returncode != 0 and "a decode batch is B or BxG" in stderr and "'2y3'" in stderr
 
 
 def test_compile_watch_counts_recompiles_and_not_cache_hits():

@@ -71,7 +71,7 @@ def test_training_checkpoint_on_8_devices_restores_on_1(tmp_path):
   _, abstract, _ = checkpoint.abstract_model(config)
   shardings8 = sharding_lib.param_shardings(abstract, mesh8)
   params = jax.device_put(params_of(model), shardings8)
-  assert params['head_w'].sharding.spec == jax.sharding.PartitionSpec(None, 'fsdp', 'tensor')
+  assert params['head_w'].sharding.spec == jax.sharding.PartitionSpec('fsdp', None, 'tensor')
   tx = optax.adam(1e-3)
   opt_state = jax.jit(tx.init)(params)  # one compile instead of one per eager op
   train = {'opt_state': opt_state, 'step': jnp.int32(5), 'rng': jax.random.key_data(jax.random.key(0))}

@@ -140,6 +140,26 @@ def test_samples_are_reproducible_independent_and_never_recompile(small_model):
   assert ((a[:, :, :, :5] == PAD) == (np.arange(5)[None, :] <= np.arange(4)[:, None])[None, None]).all()
 
 
+def test_cached_steps_sharing_cross_attention_between_samples_equal_full_forward(small_model):
+  """G samples per backing share its cross K/V; with a padded backing each row still equals the full
+  forward pass on its own (repeated) backing."""
+  rng = np.random.default_rng(5)
+  b, g, t = 2, 3, 8
+  src = jnp.asarray(rng.integers(0, 2048, (b, 4, 12)))
+  mask = jnp.asarray(np.arange(12)[None] < np.array([[12], [7]]))
+  tgt = jnp.asarray(rng.integers(0, 2048, (b * g, 4, t)))  # every sample has its own tokens
+  full = small_model(jnp.repeat(src, g, axis=0), tgt, jnp.repeat(mask, g, axis=0))
+  cache = small_model.init_cache(small_model.encode(src, mask), mask, max_len=t, num_samples=g)
+  assert cache.cross_k[0].shape[0] == b * small_model.cfg.num_heads  # stored once per backing
+  step = nnx.jit(lambda m, tok, p, c: m.decode_step(tok, p, c))
+  logits = []
+  for p in range(t):
+    lg, cache = step(small_model, tgt[:, :, p], jnp.int32(p), cache)
+    logits.append(lg)
+  got = jnp.stack(logits, axis=2)
+  assert float(jnp.abs(got - full).max() / jnp.abs(full).max()) <= 1e-5
+
+
 def test_model_prompt_is_reproduced_and_greedy_continuation_is_consistent(small_model):
   src = jnp.asarray(np.random.default_rng(1).integers(0, 2048, (1, 4, 12)))
   full = decode.generate(small_model, src, num_steps=12, sampling=GREEDY, rng=jax.random.key(0))

@@ -40,7 +40,7 @@ def test_model_param_shardings_follow_the_rules_and_fit_the_shapes():
   _, abstract, _ = checkpoint.abstract_model(config)
   mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
   specs = jax.tree.map(lambda s: s.spec, sharding.param_shardings(abstract, mesh))
-  assert specs['head_w'] == P(None, 'fsdp', 'tensor')
+  assert specs['head_w'] == P('fsdp', None, 'tensor')
   assert specs['embed'] == P(None, None, 'fsdp')
   flat = nnx.to_flat_state(abstract)
   assert len(jax.tree.leaves(specs)) == len(list(flat))
