@@ -68,6 +68,7 @@ def model_config_from_torch(torch_cfg: dict[str, Any], dtype: str = 'float32') -
       num_decoder_layers=int(torch_cfg['num_decoder_layers']),
       dim_feedforward=int(torch_cfg['dim_feedforward']),
       dropout=float(torch_cfg.get('dropout', 0.1)),
+      attention_dropout=float(torch_cfg.get('dropout', 0.1)),  # as the PyTorch model's attention does
       activation=str(torch_cfg.get('activation', 'relu')),
       norm_first=bool(torch_cfg.get('norm_first', False)),
       scale_embeddings=bool(torch_cfg.get('scale_embeddings', False)),

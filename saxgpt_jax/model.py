@@ -36,6 +36,7 @@ class ModelConfig:
   num_decoder_layers: int = 8
   dim_feedforward: int = 2048
   dropout: float = 0.1
+  attention_dropout: float = 0.0  # on attention probabilities (configs/base.py says why 0)
   activation: str = 'gelu'
   norm_first: bool = True
   scale_embeddings: bool = True
@@ -53,6 +54,9 @@ class ModelConfig:
       raise ValueError(f"model.activation={self.activation!r}: use 'relu' or 'gelu'.")
     if self.padding_idx < self.codebook_size:
       raise ValueError(f'model.padding_idx={self.padding_idx} must be >= codebook_size={self.codebook_size}.')
+    for name in ('dropout', 'attention_dropout'):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f'model.{name}={getattr(self, name)} must be in [0, 1).')
     if self.attention_impl not in ('', 'xla', 'cudnn'):
       raise ValueError(f"model.attention_impl={self.attention_impl!r}: use '', 'xla' or 'cudnn'.")
 
@@ -112,6 +116,13 @@ class LayerNorm(nnx.Module):
     return y * self.scale[...] + self.bias[...]
 
 
+def _softmax_attention(logits: Array, visible: Array, value_dtype) -> Array:
+  """Masked softmax in float32, as jax.nn.dot_product_attention computes it (masked keys get the most
+  negative float, not -inf, so a fully masked row stays finite)."""
+  logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits, axis=-1).astype(value_dtype)
+
+
 class Attention(nnx.Module):
   """Multi-head attention without biases. Self-attention keeps q/k/v in one [D, 3, N, H] kernel.
 
@@ -131,6 +142,7 @@ class Attention(nnx.Module):
     else:
       self.qkv = _param(rngs, _normal, (d, 3, n, h), ('embed', None, 'heads', 'kv'), pdt)
     self.out = _param(rngs, _normal, (n, h, d), ('heads', 'kv', 'embed'), pdt)
+    self.dropout = nnx.Dropout(cfg.attention_dropout)
 
   def _einsum(self, spec: str, x: Array, p: nnx.Param) -> Array:
     dt = self.cfg.dtype
@@ -155,14 +167,31 @@ class Attention(nnx.Module):
     o = o_btnh.reshape(*o_btnh.shape[:-2], -1).astype(self.cfg.dtype)
     return o @ w.reshape(-1, w.shape[-1])
 
-  def attend(self, q_btnh: Array, k_bsnh: Array, v_bsnh: Array, mask: Array | None,
-             is_causal: bool = False) -> Array:
-    """Scaled dot-product attention (cuDNN flash attention on GPU when available) + output projection."""
-    impl = self.cfg.attention_impl or None
-    o_btnh = jax.nn.dot_product_attention(
-        q_btnh, k_bsnh, v_bsnh, mask=mask, is_causal=is_causal,
-        scale=1.0 / math.sqrt(self.cfg.head_dim), implementation=impl)
-    return self.project_out(o_btnh)
+  def attend(self, q_btnh: Array, k_bsnh: Array, v_bsnh: Array, mask: Array | None, is_causal: bool = False,
+             deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
+    """Scaled dot-product attention + output projection. mask: bool, broadcastable to [B, N, T, S].
+
+    On GPU (attention_impl '' or 'cudnn') and without attention dropout this is
+    `jax.nn.dot_product_attention`, which picks cuDNN flash attention. Elsewhere ('xla', or '' on CPU/TPU)
+    it is the same math written out: scores in float32, masked softmax, optional dropout of the
+    probabilities. On CPU the written-out form trains ~15% faster than jax.nn's XLA implementation,
+    whose per-head vmap adds copies of the [B, N, T, S] scores.
+    """
+    scale = 1.0 / math.sqrt(self.cfg.head_dim)
+    impl = self.cfg.attention_impl
+    dropout = not deterministic and self.cfg.attention_dropout > 0
+    if not dropout and (impl == 'cudnn' or (impl == '' and jax.default_backend() == 'gpu')):
+      o_btnh = jax.nn.dot_product_attention(q_btnh, k_bsnh, v_bsnh, mask=mask, is_causal=is_causal,
+                                            scale=scale, implementation=impl or None)
+      return self.project_out(o_btnh)
+    logits = jnp.einsum('BTNH,BSNH->BNTS', q_btnh, k_bsnh, preferred_element_type=jnp.float32) * scale
+    visible = jnp.ones((), bool) if mask is None else mask
+    if is_causal:
+      visible = visible & jnp.tril(jnp.ones(logits.shape[-2:], bool))
+    probs = _softmax_attention(logits, visible, v_bsnh.dtype)
+    if dropout:
+      probs = self.dropout(probs, deterministic=False, rngs=rngs)
+    return self.project_out(jnp.einsum('BNTS,BSNH->BTNH', probs, v_bsnh))
 
 
 class FeedForward(nnx.Module):
@@ -200,7 +229,8 @@ class EncoderLayer(nnx.Module):
     drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
 
     def sa(y):
-      return self.self_attn.attend(*self.self_attn.project_qkv(y), mask=mask)
+      return self.self_attn.attend(*self.self_attn.project_qkv(y), mask=mask, deterministic=deterministic,
+                                   rngs=rngs)
 
     if self.cfg.norm_first:
       x = x + drop(sa(self.norm1(x)))
@@ -263,13 +293,6 @@ class DecodeCache:
 def _key_mask(src_mask_bs: Array | None) -> Array | None:
   """[B, S] key-padding mask -> [B, 1, 1, S] for dot_product_attention."""
   return None if src_mask_bs is None else src_mask_bs[:, None, None, :]
-
-
-def _softmax_attention(logits: Array, visible: Array, value_dtype) -> Array:
-  """Masked softmax in float32, as jax.nn.dot_product_attention computes it (masked keys get the most
-  negative float, not -inf, so a fully masked row stays finite)."""
-  logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
-  return jax.nn.softmax(logits, axis=-1).astype(value_dtype)
 
 
 class SaxGPT(nnx.Module):
@@ -341,11 +364,12 @@ class SaxGPT(nnx.Module):
     cross_mask = _key_mask(src_mask_bs)
 
     def causal(attn: Attention, y):
-      return attn.attend(*attn.project_qkv(y), mask=None, is_causal=True)
+      return attn.attend(*attn.project_qkv(y), mask=None, is_causal=True, deterministic=deterministic, rngs=rngs)
 
     for layer in self.decoder_layers:
       ck, cv = layer.cross_attn.project_kv(memory)
-      cross = lambda attn, y, ck=ck, cv=cv: attn.attend(attn.project_q(y), ck, cv, mask=cross_mask)
+      cross = lambda attn, y, ck=ck, cv=cv: attn.attend(attn.project_q(y), ck, cv, mask=cross_mask,
+                                                         deterministic=deterministic, rngs=rngs)
       x = layer(x, causal, cross, deterministic, rngs)
     return self._heads(x)
 

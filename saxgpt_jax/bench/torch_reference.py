@@ -39,6 +39,7 @@ def model_config_from_jax(model_config: Mapping[str, Any]) -> dict[str, Any]:
       'num_decoder_layers': model_config['num_decoder_layers'],
       'dim_feedforward': model_config['dim_feedforward'],
       'dropout': model_config['dropout'],
+      'attention_dropout': model_config.get('attention_dropout', model_config['dropout']),
       'activation': model_config['activation'],
       'norm_first': model_config['norm_first'],
       'max_seq_len': model_config['max_seq_len'],
@@ -260,6 +261,12 @@ class SaxGPTTorch(nn.Module):
     self.decoder = Stack([DecoderLayer(*layer_args) for _ in range(config['num_decoder_layers'])], d,
                          config['norm_first'])
     self.output_projection = OutputProjection(k, d)
+    # Attention probabilities are dropped with `dropout` (as nn.MultiheadAttention does) unless the config
+    # gives attention_dropout
+    # (the benchmark passes the JAX config's, so both sides do the same work).
+    for module in self.modules():
+      if isinstance(module, (SelfAttention, CrossAttention)):
+        module.dropout = float(config.get('attention_dropout', config['dropout']))
 
   @classmethod
   def from_checkpoint(cls, path: str | Path) -> SaxGPTTorch:

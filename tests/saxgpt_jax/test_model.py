@@ -110,6 +110,24 @@ def test_dropout_only_in_training_and_seeded():
   assert not np.allclose(t1, t3) and not np.allclose(t1, eval_out)
 
 
+def test_attention_dropout_path_computes_attention_and_drops_probabilities():
+  rng = np.random.default_rng(3)
+  src = jnp.asarray(rng.integers(0, 2048, (2, 4, 10)))
+  tgt = jnp.asarray(rng.integers(0, 2048, (2, 4, 8)))
+  mask = jnp.asarray(np.arange(10)[None] < np.array([[10], [6]]))
+  base = tiny_model(dropout=0.0)
+  reference = base(src, tgt, mask)
+  # A negligible rate takes the written-out path (causal and padding masks, scale) and keeps everything.
+  near_zero = tiny_model(dropout=0.0, attention_dropout=1e-9)
+  got = near_zero(src, tgt, mask, deterministic=False, rngs=nnx.Rngs(dropout=0))
+  assert rel_err(got, reference) <= 1e-5
+  heavy = tiny_model(dropout=0.0, attention_dropout=0.5)
+  np.testing.assert_array_equal(heavy(src, tgt, mask), reference)  # inference: no dropout
+  a = heavy(src, tgt, mask, deterministic=False, rngs=nnx.Rngs(dropout=1))
+  assert rel_err(a, reference) > 1e-2
+  np.testing.assert_array_equal(a, heavy(src, tgt, mask, deterministic=False, rngs=nnx.Rngs(dropout=1)))
+
+
 def test_every_param_has_logical_axis_names():
   model = tiny_model()
   specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))

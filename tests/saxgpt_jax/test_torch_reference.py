@@ -75,3 +75,12 @@ def test_config_from_jax_builds_the_fixture_layout(parity_dirs):
     torch_reference.SaxGPTTorch({'d_model': 8})
   with pytest.raises(ValueError, match='max_seq_len'):
     rebuilt.generate(torch.zeros(1, 4, 8, dtype=torch.long), original['max_seq_len'] + 2)
+
+
+def test_attention_dropout_follows_dropout_unless_the_config_sets_it(parity_dirs):
+  original = json.loads((parity_dirs[0] / 'model_config.json').read_text())
+  original['dropout'] = 0.3
+  rates = lambda model: {m.dropout for m in model.modules()
+                         if isinstance(m, (torch_reference.SelfAttention, torch_reference.CrossAttention))}
+  assert rates(torch_reference.SaxGPTTorch(original)) == {0.3}
+  assert rates(torch_reference.SaxGPTTorch({**original, 'attention_dropout': 0.0})) == {0.0}
