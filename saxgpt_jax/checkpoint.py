@@ -174,6 +174,31 @@ def resolve_step(mngr: ocp.CheckpointManager, step: int | None = None, best: boo
   return mngr.latest_step()
 
 
+def _shapes_by_name(tree: Any) -> dict[str, tuple[int, ...]]:
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def check_param_shapes(mngr: ocp.CheckpointManager, step: int, abstract_params: Any) -> None:
+  """Raises CheckpointError naming the parameters whose stored shapes differ from `abstract_params`
+  (another model config, or a checkpoint of an older parameter layout), before orbax fails mid-restore."""
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(as_path(mngr.directory) / str(step) / PARAMS_ITEM)
+    stored = _shapes_by_name(metadata.item_metadata)
+  except Exception:  # pylint: disable=broad-except  # no readable metadata: orbax reports on restore
+    return
+  expected = _shapes_by_name(abstract_params)
+  problems = [f'{name}: stored {stored.get(name, "missing")}, model {shape}'
+              for name, shape in expected.items() if stored.get(name) != shape]
+  problems += [f'{name}: stored {stored[name]}, not in the model' for name in sorted(set(stored) - set(expected))]
+  if problems:
+    raise CheckpointError(
+        f'checkpoint {step} in {mngr.directory} does not fit this model ({len(problems)} parameters differ: '
+        + '; '.join(problems[:6]) + ('; ...' if len(problems) > 6 else '') + '). It was written with another '
+        'model config, or by saxgpt-jax before 2026-11-25 (head_w was [K, D, V], now [D, K, V]). Train into '
+        'a new --workdir (or delete this one), or read it with the saxgpt-jax version that wrote it.')
+
+
 def save_params(directory: str | os.PathLike, model: nnx.Module, config: ml_collections.ConfigDict,
                 *, step: int = 0) -> epath.Path:
   """Saves the model's parameters as checkpoint `step` (item 'params') plus `config.json`.
@@ -197,6 +222,7 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any, *, step: 
     raise CheckpointError(f'checkpoint directory {directory} does not exist')
   with manager(directory, read_only=True, async_save=False) as mngr:
     step = resolve_step(mngr, step, best)
+    check_param_shapes(mngr, step, abstract_params)
     restored = mngr.restore(step, args=ocp.args.Composite(
         **{PARAMS_ITEM: ocp.args.StandardRestore(abstract_params)}))
   return restored[PARAMS_ITEM], step

@@ -285,6 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   latest = mngr.latest_step()
   if latest is not None:
     abstract = trainer.abstract_sharded_state()
+    checkpoint.check_param_shapes(mngr, latest, abstract.params)
     restored = mngr.restore(latest, args=checkpoint.train_restore_args(
         abstract.params, abstract.checkpoint_items(), train_iter))
     state = train_state.TrainState(params=restored[checkpoint.PARAMS_ITEM], **restored[checkpoint.TRAIN_ITEM])

@@ -59,6 +59,12 @@ def test_load_model_errors_name_the_problem(tmp_path):
     checkpoint.load_model(tmp_path / 'c', step=7)
   with pytest.raises(checkpoint.CheckpointError, match='val_loss'):
     checkpoint.load_model(tmp_path / 'c', best=True)
+  # Parameters of another shape (here: another feed-forward width) are named before orbax restores.
+  wider = small_config()
+  wider.model.dim_feedforward = 96
+  abstract = nnx.to_pure_dict(checkpoint.abstract_model(wider)[1])
+  with pytest.raises(checkpoint.CheckpointError, match=r'decoder_layers/0/ff/w1: stored \(32, 64\), model \(32, 96\)'):
+    checkpoint.restore_params(tmp_path / 'c', abstract)
 
 
 def test_training_checkpoint_on_8_devices_restores_on_1(tmp_path):
