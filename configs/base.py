@@ -21,8 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dim_feedforward = 2048
   c.model.dropout = 0.1  # on embeddings, residual branches and the feed-forward hidden layer
   # Dropout on attention probabilities. The PyTorch reference, like torch's nn.MultiheadAttention, applies
-  # `dropout` there as well: set 0.1 to reproduce that regularisation. 0 keeps fused attention (cuDNN flash attention on GPU) and
-  # saves an [B, N, T, S] random mask per attention in training.
+  # `dropout` there as well: set 0.1 to reproduce that regularisation. 0 keeps fused attention (cuDNN
+  # flash attention on GPU) and saves a [B, N, T, S] random mask per attention in training.
   c.model.attention_dropout = 0.0
   c.model.activation = 'gelu'  # 'relu' or 'gelu' (exact erf)
   c.model.norm_first = True  # pre-norm

@@ -3,8 +3,9 @@
 A run is one `decode.generate` call (encode the backing once, then `steps` cached decode steps in one
 `lax.scan`) on random backing tokens of `frames` frames (delayed: src [B, K, frames+K+1]). The first
 (compiling) call uses the config's sampling settings; the timed calls cycle through variants of equal
-cost (other temperature, top-k, top-p, greedy flag and seed) and count the compiles they cause. The encoder (plus every layer's cross K/V) is timed on its own and subtracted,
-so steps/s is the decode loop alone; frames/s = streams x steps/s (one position per stream per step).
+cost (other temperature, top-k, top-p, greedy flag and seed) and count the compiles they cause. The
+encoder (plus every layer's cross K/V) is timed on its own and subtracted, so steps/s is the decode loop
+alone; frames/s = streams x steps/s (one position per stream per step).
 A row `BxG` (e.g. `--batch=1x16`) decodes G samples of each of B backings in one call (`num_samples=G`,
 sharing the backing's encoder memory and cross-attention K/V); the reference, which has no such
 sharing, decodes the B*G streams as a batch of repeated backings.

@@ -262,8 +262,7 @@ class SaxGPTTorch(nn.Module):
                          config['norm_first'])
     self.output_projection = OutputProjection(k, d)
     # Attention probabilities are dropped with `dropout` (as nn.MultiheadAttention does) unless the config
-    # gives attention_dropout
-    # (the benchmark passes the JAX config's, so both sides do the same work).
+    # gives attention_dropout (the benchmark passes the JAX config's, so both sides do the same work).
     for module in self.modules():
       if isinstance(module, (SelfAttention, CrossAttention)):
         module.dropout = float(config.get('attention_dropout', config['dropout']))
