@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from saxgpt_jax import host_memory
+
 
 def interleaved(runs: Mapping[str, Callable[[], object]], *, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
   """Calls each run in turn, `warmup` untimed rounds then `repeats` timed ones -> seconds per call.
@@ -50,6 +52,7 @@ def machine() -> dict[str, object]:
   return {'platform': device.platform, 'device_kind': device.device_kind, 'num_devices': jax.device_count(),
           'cpu': cpu, 'cpu_cores': os.cpu_count(), 'jax': jax.__version__,
           'load_avg_1min': os.getloadavg()[0],  # other work on the machine while measuring
+          'malloc_huge_pages': host_memory.huge_pages_active(),  # saxgpt_jax/host_memory.py
           'date': time.strftime('%Y-%m-%d %H:%M %Z')}
 
 

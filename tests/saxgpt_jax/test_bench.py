@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from preprocessing import manifest, tfds_builder
+from saxgpt_jax import host_memory
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K = 4
@@ -84,6 +85,8 @@ def test_train_reports_throughput_mfu_compile_and_torch_ratio(results):
   assert r['jax']['compile_s'] > 0 and r['jax']['lower_s'] > 0 and np.isfinite(r['jax']['loss'])
   assert r['speedup_vs_torch'] == pytest.approx(r['jax']['frames_per_s'] / r['torch']['frames_per_s'])
   assert r['machine']['platform'] == 'cpu' and r['machine']['num_devices'] == 1
+  # `python -m saxgpt_jax.bench` restarted itself with malloc on huge pages (saxgpt_jax/host_memory.py)
+  assert r['machine']['malloc_huge_pages'] == host_memory.huge_pages_supported()
 
 
 def test_decode_reports_rates_scaling_rtf_and_no_recompiles(results):
