@@ -95,6 +95,34 @@ def _param(rngs: nnx.Rngs, init, shape, names, dtype) -> nnx.Param:
   return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=names, eager_sharding=False)
 
 
+@jax.custom_vjp
+def dense(x: Array, w: Array) -> Array:
+  """x [..., I] times kernel w [I, *O] -> [..., *O]: contracts x's last axis with w's first, keeping w's
+  other axes in order (a plain [rows, I] x [I, O] matmul of the row-major kernel, no weight transposes).
+
+  Its gradient is written out (`_dense_bwd`) so that XLA:CPU transposes the saved input x for the weight
+  gradient instead of the incoming gradient g. Left to autodiff, XLA computed dW^T = g^T x and fused the
+  transpose of g into the large elementwise fusion that produces g (residual sums, LayerNorm and dropout
+  backward), which then wrote its output column by column: ~11 s of the large train step (BENCHMARKS.md).
+  """
+  return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _dense_fwd(x, w):
+  return dense(x, w), (x, w)
+
+
+def _dense_bwd(res, g):
+  x, w = res
+  rows = tuple(range(x.ndim - 1))  # g is [..., *O] with the same leading axes as x
+  outs = tuple(range(x.ndim - 1, g.ndim))
+  dw = jax.lax.dot_general(x, g, ((rows, rows), ((), ())))  # [I, *O]
+  dx = jax.lax.dot_general(g, w, ((outs, tuple(range(1, w.ndim))), ((), ())))  # [..., I]
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
 _normal = jax.nn.initializers.normal(0.02)
 _zeros = jax.nn.initializers.zeros
 _ones = jax.nn.initializers.ones
@@ -144,20 +172,20 @@ class Attention(nnx.Module):
     self.out = _param(rngs, _normal, (n, h, d), ('heads', 'kv', 'embed'), pdt)
     self.dropout = nnx.Dropout(cfg.attention_dropout)
 
-  def _einsum(self, spec: str, x: Array, p: nnx.Param) -> Array:
+  def _project(self, x: Array, p: nnx.Param) -> Array:
     dt = self.cfg.dtype
-    return jnp.einsum(spec, x.astype(dt), p[...].astype(dt))
+    return dense(x.astype(dt), p[...].astype(dt))
 
   def project_qkv(self, x_btd: Array) -> tuple[Array, Array, Array]:
     """-> q, k, v, each [B, T, N, H]."""
-    qkv = self._einsum('BTD,DJNH->BTJNH', x_btd, self.qkv)
+    qkv = self._project(x_btd, self.qkv)  # [B, T, 3, N, H]
     return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
   def project_q(self, x_btd: Array) -> Array:
-    return self._einsum('BTD,DNH->BTNH', x_btd, self.q)
+    return self._project(x_btd, self.q)  # [B, T, N, H]
 
   def project_kv(self, memory_bsd: Array) -> tuple[Array, Array]:
-    kv = self._einsum('BSD,DJNH->BSJNH', memory_bsd, self.kv)
+    kv = self._project(memory_bsd, self.kv)  # [B, S, 2, N, H]
     return kv[:, :, 0], kv[:, :, 1]
 
   def project_out(self, o_btnh: Array) -> Array:
@@ -165,7 +193,7 @@ class Attention(nnx.Module):
     lets XLA reorder them and transpose the kernel)."""
     w = self.out[...].astype(self.cfg.dtype)
     o = o_btnh.reshape(*o_btnh.shape[:-2], -1).astype(self.cfg.dtype)
-    return o @ w.reshape(-1, w.shape[-1])
+    return dense(o, w.reshape(-1, w.shape[-1]))
 
   def attend(self, q_btnh: Array, k_bsnh: Array, v_bsnh: Array, mask: Array | None, is_causal: bool = False,
              deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
@@ -209,10 +237,10 @@ class FeedForward(nnx.Module):
 
   def __call__(self, x_btd: Array, deterministic: bool, rngs: nnx.Rngs | None) -> Array:
     dt = self.cfg.dtype
-    h = jnp.einsum('BTD,DF->BTF', x_btd.astype(dt), self.w1[...].astype(dt)) + self.b1[...].astype(dt)
+    h = dense(x_btd.astype(dt), self.w1[...].astype(dt)) + self.b1[...].astype(dt)
     h = jax.nn.relu(h) if self.cfg.activation == 'relu' else jax.nn.gelu(h, approximate=False)
     h = self.dropout(h, deterministic=deterministic, rngs=rngs)
-    return jnp.einsum('BTF,FD->BTD', h, self.w2[...].astype(dt)) + self.b2[...].astype(dt)
+    return dense(h, self.w2[...].astype(dt)) + self.b2[...].astype(dt)
 
 
 class EncoderLayer(nnx.Module):
@@ -330,7 +358,7 @@ class SaxGPT(nnx.Module):
     if self.cfg.norm_first:
       x_btd = self.decoder_norm(x_btd)
     dt = self.cfg.dtype
-    logits = jnp.einsum('BTD,DKV->BTKV', x_btd.astype(dt), self.head_w[...].astype(dt))
+    logits = dense(x_btd.astype(dt), self.head_w[...].astype(dt))
     return (logits.astype(jnp.float32) + self.head_b[...]).transpose(0, 2, 1, 3)
 
   def _check_tokens(self, name: str, tokens: Array) -> None:

@@ -128,6 +128,27 @@ def test_attention_dropout_path_computes_attention_and_drops_probabilities():
   np.testing.assert_array_equal(a, heavy(src, tgt, mask, deterministic=False, rngs=nnx.Rngs(dropout=1)))
 
 
+@pytest.mark.parametrize('x_shape, w_shape, spec', [
+    ((2, 5, 8), (8, 3, 2, 4), 'BTD,DJNH->BTJNH'),  # fused q/k/v kernel
+    ((2, 5, 16), (16, 8), 'BTF,FD->BTD'),
+    ((7, 8), (8, 2, 3), 'TD,DKV->TKV'),  # heads
+])
+def test_dense_and_its_written_out_gradient_equal_einsum_autodiff(x_shape, w_shape, spec):
+  rng = np.random.default_rng(0)
+  x, w = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (x_shape, w_shape))
+  g = jnp.asarray(rng.standard_normal(x_shape[:-1] + w_shape[1:]), jnp.float32)
+  ours = jax.value_and_grad(lambda x, w: jnp.sum(model_lib.dense(x, w) * g), argnums=(0, 1))(x, w)
+  autodiff = jax.value_and_grad(lambda x, w: jnp.sum(jnp.einsum(spec, x, w) * g), argnums=(0, 1))(x, w)
+  np.testing.assert_allclose(ours[0], autodiff[0], rtol=1e-5)
+  for a, b in zip(ours[1], autodiff[1]):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # bfloat16 compute keeps the dtypes of its inputs in the gradient
+  dx, dw = jax.grad(lambda x, w: jnp.sum(model_lib.dense(x, w).astype(jnp.float32)), argnums=(0, 1))(
+      x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+  assert dx.dtype == dw.dtype == jnp.bfloat16
+
+
 def test_every_param_has_logical_axis_names():
   model = tiny_model()
   specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
