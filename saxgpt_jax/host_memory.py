@@ -77,7 +77,8 @@ def command_line_module(argv: list[str] | None = None) -> str | None:
 def reexec_with_huge_pages() -> None:
   """Restarts this process (same interpreter and command line) with glibc.malloc.hugetlb=1 added to
   GLIBC_TUNABLES. Returns without doing anything when the tunable is already set, when the machine
-  cannot use it, or when SAXGPT_MALLOC_HUGE_PAGES=0. Call it first thing in a `__main__` block."""
+  cannot use it, or when SAXGPT_MALLOC_HUGE_PAGES=0. Call it before any work is done, as
+  saxgpt_jax/__init__.py does for `python -m saxgpt_jax.<tool>`."""
   if os.environ.get(OPT_OUT_VARIABLE, '1') == '0' or not huge_pages_supported():
     return
   tunables = tunables_with_huge_pages(os.environ.get('GLIBC_TUNABLES', ''))
@@ -86,4 +87,3 @@ def reexec_with_huge_pages() -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, sys.orig_argv, {**os.environ, 'GLIBC_TUNABLES': tunables})
-

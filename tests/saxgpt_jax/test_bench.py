@@ -55,7 +55,9 @@ def results(data_dir):
   }
   # One CPU device, as a user runs it; the cheapest XLA optimisation level, as only the plumbing and the
   # figures' consistency are under test here (on a busy 2-core machine a full compile takes minutes).
-  env = {**os.environ, 'XLA_FLAGS': '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'}
+  # No allocator settings of the caller's: the CLI picks its own (saxgpt_jax/host_memory.py).
+  env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', host_memory.OPT_OUT_VARIABLE)}
+  env['XLA_FLAGS'] = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
   procs = {name: subprocess.Popen([sys.executable, '-m', 'saxgpt_jax.bench', args[0], *SMALL, *args[1:]], cwd=REPO_ROOT,
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for name, args in commands.items()}
