@@ -165,10 +165,10 @@ class FeedForward(nn.Module):
 class EncoderLayer(FeedForward):
   """Self-attention (`norm1`) and feed-forward (`norm2`), pre- or post-norm."""
 
-  def __init__(self, d_model, nhead, dim_feedforward, dropout, activation, norm_first):
+  def __init__(self, d_model, nhead, dim_feedforward, dropout, activation, norm_first, attention_dropout):
     super().__init__(d_model, dim_feedforward, dropout, activation)
     self.norm_first = norm_first
-    self.self_attn = SelfAttention(d_model, nhead, dropout)
+    self.self_attn = SelfAttention(d_model, nhead, attention_dropout)
     self.norm1 = nn.LayerNorm(d_model, eps=1e-5)
     self.norm2 = nn.LayerNorm(d_model, eps=1e-5)
     self.dropout1 = nn.Dropout(dropout)
@@ -184,11 +184,11 @@ class EncoderLayer(FeedForward):
 class DecoderLayer(FeedForward):
   """Causal self-attention (`norm1`), cross-attention (`norm2`), feed-forward (`norm3`)."""
 
-  def __init__(self, d_model, nhead, dim_feedforward, dropout, activation, norm_first):
+  def __init__(self, d_model, nhead, dim_feedforward, dropout, activation, norm_first, attention_dropout):
     super().__init__(d_model, dim_feedforward, dropout, activation)
     self.norm_first = norm_first
-    self.self_attn = SelfAttention(d_model, nhead, dropout)
-    self.cross_attn = CrossAttention(d_model, nhead, dropout)
+    self.self_attn = SelfAttention(d_model, nhead, attention_dropout)
+    self.cross_attn = CrossAttention(d_model, nhead, attention_dropout)
     self.norm1 = nn.LayerNorm(d_model, eps=1e-5)
     self.norm2 = nn.LayerNorm(d_model, eps=1e-5)
     self.norm3 = nn.LayerNorm(d_model, eps=1e-5)
@@ -249,8 +249,10 @@ class SaxGPTTorch(nn.Module):
     d, k = config['d_model'], config['num_codebooks']
     if d % config['nhead']:
       raise ValueError(f"d_model {d} is not divisible by nhead {config['nhead']}")
+    # Attention probabilities are dropped with `dropout` (as nn.MultiheadAttention does) unless the config
+    # gives attention_dropout (the benchmark passes the JAX config's, so both sides do the same work).
     layer_args = (d, config['nhead'], config['dim_feedforward'], config['dropout'], config['activation'],
-                  config['norm_first'])
+                  config['norm_first'], float(config.get('attention_dropout', config['dropout'])))
     self.num_codebooks = k
     self.padding_idx = config['padding_idx']
     self.embed_scale = math.sqrt(d) if config['scale_embeddings'] else 1.0
@@ -261,11 +263,6 @@ class SaxGPTTorch(nn.Module):
     self.decoder = Stack([DecoderLayer(*layer_args) for _ in range(config['num_decoder_layers'])], d,
                          config['norm_first'])
     self.output_projection = OutputProjection(k, d)
-    # Attention probabilities are dropped with `dropout` (as nn.MultiheadAttention does) unless the config
-    # gives attention_dropout (the benchmark passes the JAX config's, so both sides do the same work).
-    for module in self.modules():
-      if isinstance(module, (SelfAttention, CrossAttention)):
-        module.dropout = float(config.get('attention_dropout', config['dropout']))
 
   @classmethod
   def from_checkpoint(cls, path: str | Path) -> SaxGPTTorch:
