@@ -22,7 +22,40 @@ from saxgpt_jax.delay import apply_delay
 from saxgpt_jax.model import SaxGPT
 
 Array = jax.Array
-TOP_K_CAP = 512  # top-k up to this many codes takes the lax.top_k path (no sort of the vocabulary)
+
+
+def _ordered_bits(x: Array) -> Array:
+  """float32 -> uint32 with the same order (-inf lowest), so a bisection over bits finds exact values."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+
+def _largest_threshold(keys: Array, holds: Callable[[Array], Array]) -> Array:
+  """Per row of uint32 keys [..., V]: the largest t with holds(keys >= t [..., V]) -> bool [...], for a
+  predicate that is monotone in t and holds at t = 0. 32 passes over the row, one per bit; no sort."""
+  t = jnp.zeros(keys.shape[:-1], jnp.uint32)
+  for bit in range(31, -1, -1):
+    candidate = t | jnp.uint32(1 << bit)
+    t = jnp.where(holds(keys >= candidate[..., None]), candidate, t)
+  return t
+
+
+def _inverse_cdf(probs: Array, u: Array) -> Array:
+  """Index i of each row of unnormalised probs [..., V] with mass(< i) <= u * mass(all) < mass(<= i),
+  found by bisection over prefix masses (log2 V passes): one uniform u [...] per row instead of a Gumbel
+  draw per code. Never lands on a zero-probability code."""
+  v = probs.shape[-1]
+  code = jnp.arange(v)
+
+  def mass_before(n):  # [...] mass of codes < n; the same reduction for every n, so the order is exact
+    return jnp.sum(jnp.where(code < n[..., None], probs, 0.0), axis=-1)
+
+  target = u * mass_before(jnp.full(u.shape, v))
+  n = jnp.zeros(u.shape, jnp.int32)  # largest n with mass_before(n) <= target
+  for bit in range(max(v - 1, 1).bit_length() - 1, -1, -1):
+    candidate = n + (1 << bit)
+    n = jnp.where((candidate <= v) & (mass_before(candidate) <= target), candidate, n)
+  return jnp.where(n >= v, jnp.argmax(probs, axis=-1), n).astype(jnp.int32)
 
 
 @struct.dataclass
@@ -44,45 +77,34 @@ class SamplingParams:
       raise ValueError(f'top_p must be in [0, 1] (0 = off), got {top_p}.')
     return cls(jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p), jnp.bool_(greedy or temperature == 0))
 
-  def next_tokens(self, logits_nv: Array, rng: Array) -> Array:
-    """Sample one code per row: logits float [R, V], one key -> int32 [R].
+  def probabilities(self, logits_nv: Array) -> Array:
+    """Unnormalised sampling probabilities [R, V] of logits [R, V]: zero outside the top-k codes and then
+    outside the top-p nucleus of the rest, softmax with temperature inside.
 
-    Three branches, picked at run time (no recompiles): no filtering samples the full softmax; top-k with
-    k <= TOP_K_CAP takes `lax.top_k(TOP_K_CAP)` candidates (cheap, no sort of the vocabulary); top-p
-    without top-k (or k > cap) sorts the vocabulary.
+    Both cut-offs are values found by bisection over the bits of the logits (top-k: the k-th largest
+    logit) and of the probabilities (top-p: the smallest probability whose higher-ranked mass, itself
+    included, reaches p), so no sort or top-k runs. As in the original's `logits < topk(...)[-1]`, codes
+    tied with the cut-off are kept; the best code always is.
     """
     logits = logits_nv.astype(jnp.float32)
-    temperature = jnp.maximum(self.temperature, 1e-6)
-    use_k = self.top_k > 0
-    use_p = (self.top_p > 0) & (self.top_p < 1)
+    keys = _ordered_bits(logits)
+    kth = _largest_threshold(keys, lambda kept: jnp.sum(kept, axis=-1) >= self.top_k)
+    kept = (self.top_k <= 0) | (keys >= kth[..., None])
+    scaled = jnp.where(kept, logits, -jnp.inf) / jnp.maximum(self.temperature, 1e-6)
+    probs = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True))
 
-    def keep_ranked(sorted_lg):
-      """Top-k and top-p over logits sorted best first; the best code always survives."""
-      rank = jnp.arange(sorted_lg.shape[-1])
-      keep = ~use_k | (rank < self.top_k)
-      probs = jax.nn.softmax(jnp.where(keep, sorted_lg, -jnp.inf) / temperature, axis=-1)
-      before = jnp.cumsum(probs, axis=-1) - probs  # probability mass ranked above each code
-      return keep & (~use_p | (before < self.top_p) | (rank == 0))
+    def nucleus(probs):
+      mass = self.top_p * jnp.sum(probs, axis=-1)
+      bits = jax.lax.bitcast_convert_type(probs, jnp.uint32)  # probs >= 0: their bits are ordered
+      cut = _largest_threshold(bits, lambda kept: jnp.sum(jnp.where(kept, probs, 0.0), axis=-1) >= mass)
+      return jnp.where(bits >= cut[..., None], probs, 0.0)
 
-    def sample_ranked(sorted_lg, codes):
-      keep = keep_ranked(sorted_lg)
-      choice = jax.random.categorical(rng, jnp.where(keep, sorted_lg, -jnp.inf) / temperature, axis=-1)
-      return jnp.take_along_axis(codes, choice[..., None], axis=-1)[..., 0]
+    return jax.lax.cond((self.top_p > 0) & (self.top_p < 1), nucleus, lambda probs: probs, probs)
 
-    def full(lg):
-      return jax.random.categorical(rng, lg / temperature, axis=-1)
-
-    def top_candidates(lg):
-      values, codes = jax.lax.top_k(lg, min(TOP_K_CAP, lg.shape[-1]))
-      return sample_ranked(values, codes)
-
-    def sorted_vocabulary(lg):
-      order = jnp.argsort(-lg, axis=-1)
-      return sample_ranked(jnp.take_along_axis(lg, order, axis=-1), order)
-
-    branch = jnp.where(use_k & (self.top_k <= TOP_K_CAP), 1, jnp.where(use_k | use_p, 2, 0))
-    sampled = jax.lax.switch(branch, [full, top_candidates, sorted_vocabulary], logits).astype(jnp.int32)
-    return jnp.where(self.greedy, jnp.argmax(logits, axis=-1).astype(jnp.int32), sampled)
+  def next_tokens(self, logits_nv: Array, rng: Array) -> Array:
+    """Sample one code per row: logits float [R, V], one key -> int32 [R] (one uniform per row)."""
+    sampled = _inverse_cdf(self.probabilities(logits_nv), jax.random.uniform(rng, logits_nv.shape[:-1]))
+    return jnp.where(self.greedy, jnp.argmax(logits_nv, axis=-1).astype(jnp.int32), sampled)
 
 
 @struct.dataclass

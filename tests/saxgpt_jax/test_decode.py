@@ -101,8 +101,44 @@ def test_top_k_and_top_p_restrict_the_support():
   assert set(np.unique(nucleus)) == {5, 6}
   both = draw(np.log(probs + 1e-12), decode.SamplingParams.make(top_k=1, top_p=0.9))
   assert set(np.unique(both)) == {5}
-  beyond_cap = draw(np.log(probs + 1e-12), decode.SamplingParams.make(top_k=decode.TOP_K_CAP + 100, top_p=0.7))
-  assert set(np.unique(beyond_cap)) == {5, 6}  # top-k above the cap: the sorted-vocabulary branch
+
+
+def _numpy_support(logits, top_k, top_p, temperature=1.0):
+  """The original's rule by sorting: top-k by rank, then the smallest top set whose mass reaches top_p."""
+  order = np.argsort(-logits, kind='stable')
+  kept = np.zeros(logits.shape, bool)
+  kept[order[:top_k or len(logits)]] = True
+  scaled = np.where(kept, logits, -np.inf) / temperature
+  probs = np.exp(scaled - scaled.max())
+  probs /= probs.sum()
+  if 0 < top_p < 1:
+    ranked = probs[order]
+    above = np.cumsum(ranked) - ranked
+    kept[order[above >= top_p]] = False
+  return kept
+
+
+_probabilities = jax.jit(lambda sampling, logits: sampling.probabilities(logits))  # one compile for all settings
+
+
+@pytest.mark.parametrize('top_k,top_p,temperature', [(250, 0.0, 1.0), (1, 0.0, 1.0), (0, 0.9, 1.0), (250, 0.9, 0.7),
+                                                     (40, 0.5, 1.3), (3000, 0.95, 1.0), (0, 0.0, 1.0)])
+def test_probabilities_keep_exactly_the_sorted_top_k_and_nucleus(top_k, top_p, temperature):
+  logits = np.asarray(jax.random.normal(jax.random.key(7), (5, 2048)) * 3)
+  sampling = decode.SamplingParams.make(temperature=temperature, top_k=top_k, top_p=top_p)
+  probs = np.asarray(_probabilities(sampling, jnp.asarray(logits)))
+  for row in range(logits.shape[0]):
+    expected = _numpy_support(logits[row], top_k, top_p, temperature)
+    np.testing.assert_array_equal(probs[row] > 0, expected)
+    np.testing.assert_allclose(probs[row] / probs[row].sum(),
+                               np.where(expected, np.exp(logits[row] / temperature), 0) /
+                               np.where(expected, np.exp(logits[row] / temperature), 0).sum(), rtol=1e-4, atol=1e-9)
+
+
+def test_top_k_keeps_codes_tied_with_the_cut_off_like_the_original():
+  logits = np.full((1, 2048), -5.0, np.float32)
+  logits[0, [3, 9, 40, 41]] = [4.0, 3.5, 3.0, 3.0]
+  assert set(np.unique(draw(logits, decode.SamplingParams.make(top_k=3)))) == {3, 9, 40, 41}
 
 
 def test_temperature_matches_softmax_frequencies():
