@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +44,7 @@ class ModelConfig:
   dtype: str = 'bfloat16'
   param_dtype: str = 'float32'
   attention_impl: str = ''
+  remat: bool = False  # recompute each layer's activations in the backward pass (configs/base.py)
 
   def __post_init__(self):
     if self.d_model % self.num_heads:
@@ -361,6 +362,32 @@ class SaxGPT(nnx.Module):
     logits = dense(x_btd.astype(dt), self.head_w[...].astype(dt))
     return (logits.astype(jnp.float32) + self.head_b[...]).transpose(0, 2, 1, 3)
 
+  def _run_layers(self, layers: nnx.List, call: Callable, x: Array, deterministic: bool,
+                  rngs: nnx.Rngs | None) -> Array:
+    """x = call(layer, x, rngs) through `layers` in order.
+
+    With `remat` in training this is one `lax.scan` over the layers' stacked states with the body under
+    `jax.checkpoint`: the backward pass recomputes each layer from its [B, T, D] input instead of keeping
+    its intermediates, and the program holds one layer body instead of L. (Per-layer remat without the
+    scan saves nothing on XLA:CPU, which drops the optimisation barriers and merges the recomputation back
+    into the forward pass.) Each layer then draws dropout from its own key, split from one `rngs.dropout()`.
+    The stacked copy is made inside the step; the parameters keep their per-layer layout.
+    """
+    if not self.cfg.remat or deterministic:
+      for layer in layers:
+        x = call(layer, x, rngs)
+      return x
+    graphdef = nnx.split(layers[0])[0]
+    stacked = jax.tree.map(lambda *v: jnp.stack(v), *(nnx.state(layer) for layer in layers))
+    keys = jax.random.split(rngs.dropout(), len(layers))
+
+    @jax.checkpoint
+    def body(x, state_and_key):
+      state, key = state_and_key
+      return call(nnx.merge(graphdef, state), x, nnx.Rngs(dropout=key)), None
+
+    return jax.lax.scan(body, x, (stacked, keys))[0]
+
   def _check_tokens(self, name: str, tokens: Array) -> None:
     cfg = self.cfg
     if tokens.ndim != 3 or tokens.shape[1] != cfg.num_codebooks:
@@ -377,8 +404,8 @@ class SaxGPT(nnx.Module):
     self._check_tokens('src', src_bks)
     x = self._embed(src_bks, jnp.arange(src_bks.shape[2]), deterministic, rngs)
     mask = _key_mask(src_mask_bs)
-    for layer in self.encoder_layers:
-      x = layer(x, mask, deterministic, rngs)
+    x = self._run_layers(self.encoder_layers, lambda layer, x, rngs: layer(x, mask, deterministic, rngs), x,
+                         deterministic, rngs)
     if self.cfg.norm_first:
       x = self.encoder_norm(x)
     return x
@@ -391,14 +418,15 @@ class SaxGPT(nnx.Module):
     x = self._embed(tgt_bkt, jnp.arange(tgt_bkt.shape[2]), deterministic, rngs)
     cross_mask = _key_mask(src_mask_bs)
 
-    def causal(attn: Attention, y):
-      return attn.attend(*attn.project_qkv(y), mask=None, is_causal=True, deterministic=deterministic, rngs=rngs)
-
-    for layer in self.decoder_layers:
+    def decoder_layer(layer: DecoderLayer, x, rngs):
       ck, cv = layer.cross_attn.project_kv(memory)
-      cross = lambda attn, y, ck=ck, cv=cv: attn.attend(attn.project_q(y), ck, cv, mask=cross_mask,
-                                                         deterministic=deterministic, rngs=rngs)
-      x = layer(x, causal, cross, deterministic, rngs)
+      causal = lambda attn, y: attn.attend(*attn.project_qkv(y), mask=None, is_causal=True,
+                                           deterministic=deterministic, rngs=rngs)
+      cross = lambda attn, y: attn.attend(attn.project_q(y), ck, cv, mask=cross_mask, deterministic=deterministic,
+                                          rngs=rngs)
+      return layer(x, causal, cross, deterministic, rngs)
+
+    x = self._run_layers(self.decoder_layers, decoder_layer, x, deterministic, rngs)
     return self._heads(x)
 
   # --- cached decoding -------------------------------------------------------------------------
