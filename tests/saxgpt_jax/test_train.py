@@ -83,9 +83,10 @@ def compiled_step(trainer):
       compiler_options=FAST_COMPILE)
 
 
-def test_microbatches_accumulate_to_the_full_batch_step(data_dir):
+def test_microbatches_and_remat_give_the_full_batch_step(data_dir):
   """2 microbatches (scan inside the step) give the loss, gradient norm and update of one big batch;
-  padding differs between rows, so the loss is normalised over all targets, not per microbatch."""
+  padding differs between rows, so the loss is normalised over all targets, not per microbatch. So do
+  2 microbatches with the layers rematerialised (`model.remat`, a scan over the layers)."""
   rng = np.random.default_rng(0)
   length = OVERRIDES['data.seq_len'] + 4 + 1
   batch = {'src': rng.integers(0, 2048, (8, 4, length)), 'src_mask': np.ones((8, length), bool),
@@ -94,19 +95,21 @@ def test_microbatches_accumulate_to_the_full_batch_step(data_dir):
   batch = {name: value.astype(np.int32) if value.dtype != bool else value for name, value in batch.items()}
   mesh = sharding.make_mesh({'data': 2, 'fsdp': 1, 'tensor': 1}, jax.devices()[:2])
   results, initial = [], None
-  for microbatches in (1, 2):
-    config = make_config(data_dir, **{'train.num_microbatches': microbatches, 'model.dropout': 0.0})
+  for microbatches, remat in ((1, False), (2, False), (2, True)):
+    config = make_config(data_dir, **{'train.num_microbatches': microbatches, 'model.dropout': 0.0,
+                                      'model.remat': remat})
     trainer = train_state.make_trainer(config, mesh)
     if initial is None:
       initial = jax.device_get(trainer.init.lower(0).compile(compiler_options=FAST_COMPILE)(0))
     state = jax.device_put(initial, trainer.state_shardings)
     new_state, metrics = compiled_step(trainer)(state, sharding.global_batch(batch, mesh))
     results.append((jax.device_get(new_state.params), jax.device_get(metrics)))
-  (params1, metrics1), (params2, metrics2) = results
-  for name in ('nll_sum', 'correct', 'count'):
-    np.testing.assert_allclose(metrics2['stats'][name], metrics1['stats'][name], rtol=1e-5)
-  np.testing.assert_allclose(metrics2['grad_norm'], metrics1['grad_norm'], rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), params2, params1)
+  (params1, metrics1), *others = results
+  for params2, metrics2 in others:
+    for name in ('nll_sum', 'correct', 'count'):
+      np.testing.assert_allclose(metrics2['stats'][name], metrics1['stats'][name], rtol=1e-5)
+    np.testing.assert_allclose(metrics2['grad_norm'], metrics1['grad_norm'], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), params2, params1)
 
 
 # --- The real command line in subprocesses ----------------------------------------------------------
