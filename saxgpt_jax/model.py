@@ -373,18 +373,18 @@ class SaxGPT(nnx.Module):
     into the forward pass.) Each layer then draws dropout from its own key, split from one `rngs.dropout()`.
     The stacked copy is made inside the step; the parameters keep their per-layer layout.
     """
-    if not self.cfg.remat or deterministic:
+    if not self.cfg.remat or deterministic or not layers:
       for layer in layers:
         x = call(layer, x, rngs)
       return x
     graphdef = nnx.split(layers[0])[0]
     stacked = jax.tree.map(lambda *v: jnp.stack(v), *(nnx.state(layer) for layer in layers))
-    keys = jax.random.split(rngs.dropout(), len(layers))
+    keys = None if rngs is None else jax.random.split(rngs.dropout(), len(layers))
 
     @jax.checkpoint
     def body(x, state_and_key):
       state, key = state_and_key
-      return call(nnx.merge(graphdef, state), x, nnx.Rngs(dropout=key)), None
+      return call(nnx.merge(graphdef, state), x, None if key is None else nnx.Rngs(dropout=key)), None
 
     return jax.lax.scan(body, x, (stacked, keys))[0]
 
