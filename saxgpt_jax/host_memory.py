@@ -43,19 +43,22 @@ def huge_pages_supported() -> bool:
     return False
 
 
+def _tunables(value: str) -> dict[str, str]:
+  """A GLIBC_TUNABLES value 'name=value:name=value' -> {name: value}, in order."""
+  return dict(e.split('=', 1) for e in value.split(':') if '=' in e)
+
+
 def tunables_with_huge_pages(current: str) -> str | None:
   """GLIBC_TUNABLES value `current` plus `glibc.malloc.hugetlb=1`; None if `current` already sets it
   (to any value: an explicit choice is kept)."""
-  entries = [e for e in current.split(':') if e]
-  if any(e.split('=', 1)[0] == TUNABLE for e in entries):
+  if TUNABLE in _tunables(current):
     return None
-  return ':'.join([*entries, f'{TUNABLE}=1'])
+  return ':'.join([*(e for e in current.split(':') if e), f'{TUNABLE}=1'])
 
 
 def huge_pages_active() -> bool:
   """Whether this process was started with glibc.malloc.hugetlb set to a non-zero mode."""
-  entries = dict(e.split('=', 1) for e in os.environ.get('GLIBC_TUNABLES', '').split(':') if '=' in e)
-  return entries.get(TUNABLE, '0') != '0' and huge_pages_supported()
+  return _tunables(os.environ.get('GLIBC_TUNABLES', '')).get(TUNABLE, '0') != '0' and huge_pages_supported()
 
 
 def command_line_module(argv: list[str] | None = None) -> str | None:

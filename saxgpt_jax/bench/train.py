@@ -104,7 +104,8 @@ def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: in
                     'mfu': flops_lib.mfu(flops_per_step, step_s, peak_flops, trainer.mesh.size), **_spread(secs)}
   memory = compiled.memory_analysis()  # XLA's buffer plan: activations and other temporaries of one step
   result['jax'].update(lower_s=lower_s, compile_s=compile_s, compile_cpu_s=lowering.cpu_s + compiling.cpu_s,
-                       temp_gb=getattr(memory, 'temp_size_in_bytes', float('nan')) / 1e9, loss=losses.summarize(state['metrics']['stats'])['loss'])
+                       temp_gb=getattr(memory, 'temp_size_in_bytes', float('nan')) / 1e9,
+                       loss=losses.summarize(state['metrics']['stats'])['loss'])
   if 'torch' in result:
     result['speedup_vs_torch'] = result['jax']['frames_per_s'] / result['torch']['frames_per_s']
   return result
