@@ -30,8 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.max_seq_len = 1505  # delayed positions: 1500 frames + K + 1
   c.model.dtype = 'bfloat16'  # compute dtype
   c.model.param_dtype = 'float32'
-  # '': cuDNN flash attention on GPU when possible, written-out einsum attention elsewhere; 'cudnn' forces
-  # flash attention; 'xla' always writes it out.
+  # '': cuDNN flash attention on GPU in a 16-bit dtype, written-out einsum attention elsewhere (float32,
+  # CPU, TPU); 'cudnn' forces flash attention; 'xla' always writes it out.
   c.model.attention_impl = ''
   # Rematerialise each encoder/decoder layer in training (nnx.remat): the backward pass recomputes a
   # layer's activations instead of keeping them, for ~1/3 more compute. Turn on when a batch does not fit.

@@ -152,6 +152,29 @@ def _softmax_attention(logits: Array, visible: Array, value_dtype) -> Array:
   return jax.nn.softmax(logits, axis=-1).astype(value_dtype)
 
 
+def _uses_cudnn(cfg: ModelConfig) -> bool:
+  """Whether full-sequence attention runs as cuDNN flash attention (see `Attention.attend`)."""
+  if cfg.attention_impl in ('cudnn', 'xla'):
+    return cfg.attention_impl == 'cudnn'
+  return jax.default_backend() == 'gpu' and jnp.dtype(cfg.dtype).itemsize == 2
+
+
+def _flash_attention(q_btnh: Array, k_bsnh: Array, v_bsnh: Array, mask: Array | None, is_causal: bool,
+                     scale: float) -> Array:
+  """cuDNN flash attention -> [B, T, N, H]. The key mask [B, 1, 1, S] (a prefix of real frames) becomes
+  per-row key lengths (at least 1). cuDNN's training kernels with key lengths take only even lengths, so
+  an odd T or S (1505 = 1500 frames + K + 1) is padded by one position, masked as a key and dropped as a
+  query; with causal masking the padded key comes after every real query anyway."""
+  b, t, s = q_btnh.shape[0], q_btnh.shape[1], k_bsnh.shape[1]
+  lengths = None if mask is None else jnp.maximum(mask.reshape(b, -1).sum(-1), 1).astype(jnp.int32)
+  if s % 2 and lengths is None:
+    lengths = jnp.full((b,), s, jnp.int32)
+  even = lambda x: jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, 0), (0, 0)))
+  o = jax.nn.dot_product_attention(even(q_btnh), even(k_bsnh), even(v_bsnh), is_causal=is_causal, scale=scale,
+                                   key_value_seq_lengths=lengths, implementation='cudnn')
+  return o[:, :t]
+
+
 class Attention(nnx.Module):
   """Multi-head attention without biases. Self-attention keeps q/k/v in one [D, 3, N, H] kernel.
 
@@ -198,21 +221,21 @@ class Attention(nnx.Module):
 
   def attend(self, q_btnh: Array, k_bsnh: Array, v_bsnh: Array, mask: Array | None, is_causal: bool = False,
              deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
-    """Scaled dot-product attention + output projection. mask: bool, broadcastable to [B, N, T, S].
+    """Scaled dot-product attention + output projection. mask: bool [B, 1, 1, S] key-padding mask or None.
 
-    On GPU (attention_impl '' or 'cudnn') and without attention dropout this is
-    `jax.nn.dot_product_attention`, which picks cuDNN flash attention. Elsewhere ('xla', or '' on CPU/TPU)
-    it is the same math written out: scores in float32, masked softmax, optional dropout of the
-    probabilities. On CPU the written-out form made the large train step ~10% faster than jax.nn's XLA
-    implementation, whose per-head vmap adds copies of the [B, N, T, S] scores.
+    With cuDNN (attention_impl 'cudnn', or '' on a GPU with a 16-bit dtype) and no attention dropout
+    this is cuDNN flash attention through `jax.nn.dot_product_attention`: no [B, N, T, S] scores in
+    memory, and the causal half is skipped. The key mask goes in as per-row key lengths, so it must be a
+    prefix of real frames, as `delay.delayed_window` makes it (a row with none attends to its first key;
+    its targets are all padding). Elsewhere ('xla', float32, CPU/TPU) it is the same math written out:
+    scores in float32, masked softmax, optional dropout of the probabilities. On CPU the written-out form
+    made the large train step ~10% faster than jax.nn's XLA implementation, whose per-head vmap adds
+    copies of the [B, N, T, S] scores.
     """
     scale = 1.0 / math.sqrt(self.cfg.head_dim)
-    impl = self.cfg.attention_impl
     dropout = not deterministic and self.cfg.attention_dropout > 0
-    if not dropout and (impl == 'cudnn' or (impl == '' and jax.default_backend() == 'gpu')):
-      o_btnh = jax.nn.dot_product_attention(q_btnh, k_bsnh, v_bsnh, mask=mask, is_causal=is_causal,
-                                            scale=scale, implementation=impl or None)
-      return self.project_out(o_btnh)
+    if not dropout and _uses_cudnn(self.cfg):
+      return self.project_out(_flash_attention(q_btnh, k_bsnh, v_bsnh, mask, is_causal, scale))
     logits = jnp.einsum('BTNH,BSNH->BNTS', q_btnh, k_bsnh, preferred_element_type=jnp.float32) * scale
     visible = jnp.ones((), bool) if mask is None else mask
     if is_causal:

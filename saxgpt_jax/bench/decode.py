@@ -82,19 +82,25 @@ def _torch_runs(config: ml_collections.ConfigDict, src: np.ndarray, steps: int):
 
   from saxgpt_jax.bench import torch_reference
 
+  device = torch_reference.bench_device(jax.default_backend())
   torch.manual_seed(config.train.seed)
-  model = torch_reference.SaxGPTTorch(torch_reference.model_config_from_jax(config.model)).eval()
-  src_t = torch.from_numpy(np.asarray(src, np.int64))
+  model = torch_reference.SaxGPTTorch(torch_reference.model_config_from_jax(config.model)).to(device).eval()
+  src_t = torch.from_numpy(np.asarray(src, np.int64)).to(device)
   s = config.sample
-  generator = torch.Generator().manual_seed(config.train.seed)
+  generator = torch.Generator(device).manual_seed(config.train.seed)
+  autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.model.dtype == 'bfloat16')
 
   def generate():
-    model.generate(src_t, steps + 1, greedy=s.greedy or s.temperature == 0, temperature=s.temperature or 1.0,
-                   top_k=s.top_k, generator=generator)
+    with autocast():
+      model.generate(src_t, steps + 1, greedy=s.greedy or s.temperature == 0, temperature=s.temperature or 1.0,
+                     top_k=s.top_k, generator=generator)
+    torch_reference.synchronize(device)
 
   @torch.no_grad()
   def encode():
-    model.memory_kv(model.encode(src_t))
+    with autocast():
+      model.memory_kv(model.encode(src_t))
+    torch_reference.synchronize(device)
 
   return generate, encode
 

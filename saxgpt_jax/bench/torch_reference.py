@@ -348,6 +348,18 @@ def sample_logits(logits: torch.Tensor, *, temperature: float, top_k: int,
   return torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
 
 
+def bench_device(jax_platform: str) -> torch.device:
+  """Where a benchmark runs the reference: CUDA when JAX runs on a GPU and torch sees one (the same
+  hardware for both sides), else the CPU."""
+  return torch.device('cuda' if jax_platform == 'gpu' and torch.cuda.is_available() else 'cpu')
+
+
+def synchronize(device: torch.device) -> None:
+  """Waits for the device's queued kernels (CUDA runs asynchronously; the CPU needs nothing)."""
+  if device.type == 'cuda':
+    torch.cuda.synchronize(device)
+
+
 def token_loss(logits: torch.Tensor, targets: torch.Tensor, padding_idx: int = 2048) -> torch.Tensor:
   """Mean cross-entropy over non-padding targets: logits [B, K, T, V], targets [B, K, T]."""
   return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=padding_idx)

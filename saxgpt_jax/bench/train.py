@@ -33,22 +33,24 @@ def _torch_step(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray],
 
   from saxgpt_jax.bench import torch_reference
 
+  device = torch_reference.bench_device(jax.default_backend())
   torch.manual_seed(config.train.seed)
-  model = torch_reference.SaxGPTTorch(torch_reference.model_config_from_jax(config.model)).train()
+  model = torch_reference.SaxGPTTorch(torch_reference.model_config_from_jax(config.model)).to(device).train()
   t = config.train
   opt = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, betas=(t.b1, t.b2), eps=t.eps,
                           weight_decay=t.weight_decay)
-  tensors = {k: torch.from_numpy(np.asarray(v, np.int64 if v.dtype != bool else bool)) for k, v in batch.items()}
+  tensors = {k: torch.from_numpy(np.asarray(v, np.int64 if v.dtype != bool else bool)).to(device)
+             for k, v in batch.items()}
 
   def step():
     opt.zero_grad(set_to_none=True)
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == 'bfloat16'):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == 'bfloat16'):
       logits = model(tensors['src'], tensors['tgt_in'], tensors['src_mask'])
     loss = torch_reference.token_loss(logits.float(), tensors['tgt_out'])
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip_norm)
     opt.step()
-    return loss.detach().item()
+    return loss.detach().item()  # .item() waits for the device
 
   return step
 

@@ -85,6 +85,53 @@ def test_padding_mask_hides_padded_backing_frames():
   assert not np.allclose(a, c, atol=1e-4)
 
 
+def test_attention_impl_picks_cudnn_only_on_gpu_in_16_bit():
+  on_gpu = jax.default_backend() == 'gpu'
+  for impl, dtype, expected in [('', 'bfloat16', on_gpu), ('', 'float32', False), ('xla', 'bfloat16', False),
+                                ('cudnn', 'float32', True)]:
+    cfg = model_lib.ModelConfig(d_model=32, num_heads=2, dtype=dtype, attention_impl=impl)
+    assert model_lib._uses_cudnn(cfg) == expected, (impl, dtype)
+
+
+@pytest.mark.parametrize('kernel', ['xla-stand-in', 'cudnn'])
+def test_flash_attention_path_matches_written_out_attention_with_prefix_masks(kernel, monkeypatch):
+  """Loss and gradients through the flash-attention path (odd lengths padded to even, key mask as
+  lengths) equal the einsum path's. 'cudnn' runs cuDNN itself and needs a GPU; 'xla-stand-in' runs the
+  same path with jax.nn's XLA kernel in float32, so the padding and lengths are checked on any machine."""
+  on_gpu = jax.default_backend() == 'gpu'
+  if kernel == 'cudnn' and not on_gpu:
+    pytest.skip('cuDNN flash attention needs a GPU (run with JAX_PLATFORMS=cuda on one)')
+  if kernel == 'xla-stand-in':
+    sdpa = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, 'dot_product_attention',
+                        lambda *a, implementation=None, **kw: sdpa(*a, implementation='xla', **kw))
+  dtype = 'bfloat16' if kernel == 'cudnn' else 'float32'
+  overrides = dict(d_model=64, num_heads=2, num_encoder_layers=2, num_decoder_layers=2, max_seq_len=40,
+                   dtype=dtype, dropout=0.0)
+  flash, written = tiny_model(attention_impl='cudnn', **overrides), tiny_model(attention_impl='xla', **overrides)
+  rng = np.random.default_rng(7)
+  src = jnp.asarray(rng.integers(0, 2048, (3, 4, 37)))  # odd S and T, as 1505
+  tgt = jnp.asarray(rng.integers(0, 2048, (3, 4, 29)))
+  mask = jnp.asarray(np.arange(37)[None] < np.array([[37], [21], [0]]))  # full, prefix, no real frame
+
+  def loss_and_grads(model):
+    def loss(m):
+      logits, unmasked = m(src, tgt, mask), m(src, tgt)  # key lengths from the mask / none at all
+      return jnp.mean(jax.nn.log_softmax(logits[:2])[..., 5]) + jnp.mean(jax.nn.log_softmax(unmasked)[..., 9]), logits
+    (value, logits), grads = nnx.value_and_grad(loss, has_aux=True)(model)
+    return value, logits, jax.tree.leaves(grads)
+
+  value_f, logits_f, grads_f = loss_and_grads(flash)
+  value_w, logits_w, grads_w = loss_and_grads(written)
+  tol = 2e-2 if dtype == 'bfloat16' else 1e-5
+  assert np.isfinite(np.asarray(logits_f)).all()
+  assert rel_err(logits_f[:2], logits_w[:2]) < tol  # the row without real frames differs: its targets are padding
+  assert abs(float(value_f) - float(value_w)) <= tol * abs(float(value_w))
+  for gf, gw in zip(grads_f, grads_w, strict=True):
+    assert np.isfinite(np.asarray(gf)).all()
+    assert rel_err(gf, gw) < 2.5 * tol
+
+
 def test_bfloat16_compute_keeps_float32_params():
   model = tiny_model()
   bf16 = nnx.merge(*nnx.split(tiny_model(dtype='bfloat16')))
