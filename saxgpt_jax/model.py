@@ -124,6 +124,11 @@ def _dense_bwd(res, g):
 
 dense.defvjp(_dense_fwd, _dense_bwd)
 
+
+def dense_in(x: Array, w: Array, dtype: Any) -> Array:
+  """`dense` in the compute dtype: x and the (float32) kernel are cast to `dtype` first."""
+  return dense(x.astype(dtype), w.astype(dtype))
+
 _normal = jax.nn.initializers.normal(0.02)
 _zeros = jax.nn.initializers.zeros
 _ones = jax.nn.initializers.ones
@@ -197,8 +202,7 @@ class Attention(nnx.Module):
     self.dropout = nnx.Dropout(cfg.attention_dropout)
 
   def _project(self, x: Array, p: nnx.Param) -> Array:
-    dt = self.cfg.dtype
-    return dense(x.astype(dt), p[...].astype(dt))
+    return dense_in(x, p[...], self.cfg.dtype)
 
   def project_qkv(self, x_btd: Array) -> tuple[Array, Array, Array]:
     """-> q, k, v, each [B, T, N, H]."""
@@ -215,9 +219,8 @@ class Attention(nnx.Module):
   def project_out(self, o_btnh: Array) -> Array:
     """Concatenated heads [B, T, N, H] -> [B, T, D]: one [N*H, D] matmul (contracting N and H as two axes
     lets XLA reorder them and transpose the kernel)."""
-    w = self.out[...].astype(self.cfg.dtype)
-    o = o_btnh.reshape(*o_btnh.shape[:-2], -1).astype(self.cfg.dtype)
-    return dense(o, w.reshape(-1, w.shape[-1]))
+    w = self.out[...]
+    return dense_in(o_btnh.reshape(*o_btnh.shape[:-2], -1), w.reshape(-1, w.shape[-1]), self.cfg.dtype)
 
   def attend(self, q_btnh: Array, k_bsnh: Array, v_bsnh: Array, mask: Array | None, is_causal: bool = False,
              deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
@@ -261,10 +264,10 @@ class FeedForward(nnx.Module):
 
   def __call__(self, x_btd: Array, deterministic: bool, rngs: nnx.Rngs | None) -> Array:
     dt = self.cfg.dtype
-    h = dense(x_btd.astype(dt), self.w1[...].astype(dt)) + self.b1[...].astype(dt)
+    h = dense_in(x_btd, self.w1[...], dt) + self.b1[...].astype(dt)
     h = jax.nn.relu(h) if self.cfg.activation == 'relu' else jax.nn.gelu(h, approximate=False)
     h = self.dropout(h, deterministic=deterministic, rngs=rngs)
-    return dense(h, self.w2[...].astype(dt)) + self.b2[...].astype(dt)
+    return dense_in(h, self.w2[...], dt) + self.b2[...].astype(dt)
 
 
 class EncoderLayer(nnx.Module):
@@ -381,8 +384,7 @@ class SaxGPT(nnx.Module):
     """4 parallel output heads -> float32 logits [B, K, T, V]."""
     if self.cfg.norm_first:
       x_btd = self.decoder_norm(x_btd)
-    dt = self.cfg.dtype
-    logits = dense(x_btd.astype(dt), self.head_w[...].astype(dt))
+    logits = dense_in(x_btd, self.head_w[...], self.cfg.dtype)
     return (logits.astype(jnp.float32) + self.head_b[...]).transpose(0, 2, 1, 3)
 
   def _run_layers(self, layers: nnx.List, call: Callable, x: Array, deterministic: bool,

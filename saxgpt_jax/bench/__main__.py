@@ -40,6 +40,9 @@ _RTF_FRAMES = flags.DEFINE_integer('rtf_frames', 1500, 'decode: solo frames of t
                                    '(1500 = 30 s at 50 Hz; capped by max_seq_len; 0 = skip).')
 _PEAK_FLOPS = flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s per device for MFU. Default: the data-sheet '
                                  'table in saxgpt_jax/flops.py, or a measured matmul on devices not in it.')
+_PROFILE_DIR = flags.DEFINE_string('profile_dir', '', 'train/decode: after timing, trace one more JAX call with '
+                                   'jax.profiler into this directory (decode: one subdirectory per batch row) '
+                                   'and report its op count and top ops (saxgpt_jax/bench/profile.py).')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
 
 COMMANDS = ('train', 'decode', 'data')
@@ -73,7 +76,8 @@ def run_command(command: str) -> dict:
     from saxgpt_jax.bench import train
     result = train.run(config, batch=_single_batch(config.train.global_batch_size),
                        frames=_FRAMES.value or config.data.seq_len, steps=_STEPS.value or 10,
-                       warmup=_WARMUP.value, reference=_REFERENCE.value, peak_flops=_PEAK_FLOPS.value)
+                       warmup=_WARMUP.value, reference=_REFERENCE.value, peak_flops=_PEAK_FLOPS.value,
+                       profile_dir=_PROFILE_DIR.value)
   elif command == 'decode':
     from saxgpt_jax.bench import decode
     rows = _BATCH.value or ['1', '16']
@@ -84,10 +88,10 @@ def run_command(command: str) -> dict:
       raise app.UsageError(f'--batch: {e}') from None
     result = decode.run(config, batches=rows, steps=_STEPS.value or 300,
                         frames=_FRAMES.value, repeats=_REPEATS.value, warmup=_WARMUP.value,
-                        reference=_REFERENCE.value, rtf_frames=_RTF_FRAMES.value)
+                        reference=_REFERENCE.value, rtf_frames=_RTF_FRAMES.value, profile_dir=_PROFILE_DIR.value)
   else:
-    if _REFERENCE.value:
-      raise app.UsageError('--reference applies to train and decode only')
+    if _REFERENCE.value or _PROFILE_DIR.value:
+      raise app.UsageError('--reference and --profile_dir apply to train and decode only')
     from saxgpt_jax.bench import data
     result = {'command': 'data', **data.benchmark(config, steps=_STEPS.value or 20,
                                                    batch=_single_batch(config.train.global_batch_size))}

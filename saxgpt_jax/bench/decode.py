@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from saxgpt_jax import decode
-from saxgpt_jax.bench import compiles, timing
+from saxgpt_jax.bench import compiles, profile, timing
 from saxgpt_jax.bench.inputs import random_batch, random_model
 from saxgpt_jax.delay import delayed_length
 from saxgpt_jax.model import ModelConfig, SaxGPT
@@ -120,9 +120,9 @@ def _figures(call_s: list[float], encode_s: list[float], batch: int, steps: int)
 
 def run(config: ml_collections.ConfigDict, *, batches: Sequence[int | str] = (1, 16), steps: int = 300,
         frames: int | None = None, repeats: int = 3, warmup: int = 1, reference: str = '',
-        rtf_frames: int = 1500) -> dict[str, Any]:
+        rtf_frames: int = 1500, profile_dir: str = '') -> dict[str, Any]:
   """Benchmarks `generate` at each batch size (B or 'BxG', see the module docstring); rtf_frames=0 skips
-  the RTF run."""
+  the RTF run; with `profile_dir`, traces one more JAX call per row into `profile_dir/<row>`."""
   rows = {f'batch_{spec}': parse_row(spec) for spec in batches}
   model_cfg = ModelConfig.from_config(config.model)
   k = model_cfg.num_codebooks
@@ -166,6 +166,9 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int | str] = (1,
     result['jax'][row].update(compile_s=first.compile_s, compiles=first.compiles, first_call_s=first.wall_s,
                               first_call_cpu_s=first.cpu_s,
                               recompiles_on_new_sampling=timed.compiles)
+    if profile_dir:
+      summary = profile.profile(jax_generate, f'{profile_dir}/{row}')
+      result['jax'][row]['profile'] = {'ops_per_step': summary['ops_per_call'] / steps, **summary}
     if reference == 'torch':
       result['speedup_vs_torch'][row] = result['jax'][row]['steps_per_s'] / result['torch'][row]['steps_per_s']
 

@@ -40,14 +40,15 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def results(data_dir):
+def results(data_dir, tmp_path_factory):
+  profiles = tmp_path_factory.mktemp('profiles')
   commands = {
       'train': ['train', '--batch=2', '--frames=16', '--steps=2', '--warmup=0', '--reference=torch',
-                '--peak_flops=1e11'],
+                '--peak_flops=1e11', f'--profile_dir={profiles}/train'],
       # steps = rtf_frames + K, so the real-time-factor run reuses the batch-1 compile.
       # batch_1x2: 2 samples of one backing (shared cross K/V); torch decodes the backing twice.
       'decode': ['decode', '--batch=1,1x2', '--steps=20', '--rtf_frames=16', '--repeats=1', '--warmup=0',
-                 '--reference=torch'],
+                 '--reference=torch', f'--profile_dir={profiles}/decode'],
       'data': ['data', '--batch=2', '--steps=2', f'--config.data.data_dir={data_dir}',
                '--config.data.stride=8'],
       'bad_batch': ['train', '--batch=1,2'],  # must fail with a clear message
@@ -86,6 +87,7 @@ def test_train_reports_throughput_mfu_compile_and_torch_ratio(results):
     assert f['mfu'] == pytest.approx(r['flops_per_step'] / f['step_s'] / 1e11)
   assert r['jax']['compile_s'] > 0 and r['jax']['lower_s'] > 0 and np.isfinite(r['jax']['loss'])
   assert r['speedup_vs_torch'] == pytest.approx(r['jax']['frames_per_s'] / r['torch']['frames_per_s'])
+  check_profile(r['jax']['profile'])
   assert r['machine']['platform'] == 'cpu' and r['machine']['num_devices'] == 1
   # `python -m saxgpt_jax.bench` restarted itself with malloc on huge pages (saxgpt_jax/host_memory.py)
   assert r['machine']['malloc_huge_pages'] == host_memory.huge_pages_supported()
@@ -105,6 +107,44 @@ def test_decode_reports_rates_scaling_rtf_and_no_recompiles(results):
   assert r['speedup_vs_torch']['batch_1'] == pytest.approx(
       r['jax']['batch_1']['steps_per_s'] / r['torch']['batch_1']['steps_per_s'])
   assert r['rtf']['frames'] == 16 and r['rtf']['rtf'] == pytest.approx(r['rtf']['wall_s'] / (16 / 50))
+  for row in ('batch_1', 'batch_1x2'):
+    p = r['jax'][row]['profile']
+    check_profile(p)
+    assert f'/decode/{row}/' in p['trace'] and p['ops_per_step'] == pytest.approx(p['ops_per_call'] / 20)
+
+
+def check_profile(p):
+  """--profile_dir: a Perfetto trace on disk and a consistent op summary of it."""
+  assert os.path.isfile(p['trace']) and p['trace'].endswith('perfetto_trace.json.gz')
+  assert p['ops_per_call'] > 0 and p['op_ms_per_call'] > 0 and 0 < len(p['top_ops']) <= 15
+  top_ms = [op['ms_per_call'] for op in p['top_ops'].values()]
+  assert top_ms == sorted(top_ms, reverse=True) and sum(top_ms) <= p['op_ms_per_call'] * (1 + 1e-9)
+
+
+def test_profile_summary_counts_leaf_ops_once(tmp_path):
+  """XLA:CPU thunks nest (a while around its body): only the leaves count. GPU kernels on a stream may
+  overlap their neighbours by a fraction of a microsecond: each still counts."""
+  import gzip
+
+  from saxgpt_jax.bench import profile
+
+  meta = [{'ph': 'M', 'name': 'process_name', 'pid': 1, 'args': {'name': '/device:GPU:0'}},
+          {'ph': 'M', 'name': 'process_name', 'pid': 2, 'args': {'name': '/host:CPU'}}]
+  cpu = lambda name, ts, dur, tid=7: {'ph': 'X', 'pid': 2, 'tid': tid, 'name': name, 'ts': ts, 'dur': dur,
+                                       'args': {'hlo_op': name}}
+  gpu = lambda name, ts, dur: {'ph': 'X', 'pid': 1, 'tid': 3, 'name': name, 'ts': ts, 'dur': dur}
+  events = meta + [
+      cpu('while.1', 0, 100), cpu('dot.2', 10, 30), cpu('add.3', 50, 20), cpu('dot.2', 200, 30, tid=8),
+      {'ph': 'X', 'pid': 2, 'tid': 7, 'name': 'python work', 'ts': 0, 'dur': 500},  # not an op
+      gpu('fusion_1', 0, 2.0), gpu('fusion_2', 1.8, 3.0), gpu('fusion_1', 4.7, 2.0)]
+  trace = tmp_path / 'perfetto_trace.json.gz'
+  with gzip.open(trace, 'wt') as f:
+    json.dump({'traceEvents': events}, f)
+  s = profile.summarize(trace, calls=2, top=2)
+  assert s['ops_per_call'] == 3  # dot.2 x2, add.3, fusion_1 x2, fusion_2; not while.1 nor python
+  assert s['op_ms_per_call'] == pytest.approx((30 + 20 + 30 + 2 + 3 + 2) / 2 / 1e3)
+  assert list(s['top_ops']) == ['dot.2', 'add.3']
+  assert s['top_ops']['dot.2'] == {'count_per_call': 1.0, 'ms_per_call': pytest.approx(0.03)}
 
 
 def test_data_reports_pipeline_throughput(results):
