@@ -64,6 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eps = 1e-9
   c.train.weight_decay = 0.01
   c.train.grad_clip_norm = 1.0
+  # JAX PRNG of the dropout masks: 'rbg' (XLA's RngBitGenerator: cheaper bits, not bit-identical across
+  # backends or XLA versions), 'unsafe_rbg', or 'threefry2x32' (JAX's default, the same bits everywhere).
+  c.train.dropout_rng = 'threefry2x32'
   c.train.log_every = 50
   c.train.eval_every = 1_000
   c.train.eval_batches = 50  # 0 = the whole validation split

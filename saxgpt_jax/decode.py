@@ -186,7 +186,8 @@ def generate(model: SaxGPT, src: Array, *, num_steps: int, sampling: SamplingPar
              num_samples: int = 1, src_mask: Array | None = None, prompt: Array | None = None) -> Array:
   """Generate `num_steps` positions after the start token.
 
-  src: int [B, K, S] delayed backing; src_mask: bool [B, S] (True = real frame) or None;
+  src: int [B, K, S] delayed backing; src_mask: bool [B, S] (True = real frame; a prefix of each row, as
+  `delay.delayed_window` makes it: cuDNN attention takes it as lengths) or None;
   prompt: int [B, K, P_f] — raw (not delayed) solo frames to continue from; they come out unchanged as
   the first P_f frames of every sample (sliding-window continuation).
   Returns int32 [B, num_samples, K, num_steps + 1] delayed streams, start token at position 0.

@@ -113,6 +113,20 @@ def _state_shardings(abstract_params_state: nnx.State, abstract_state: TrainStat
   return TrainState(step=replicated, params=params, opt_state=opt_state, rng=replicated)
 
 
+DROPOUT_RNGS = ('threefry2x32', 'rbg', 'unsafe_rbg')
+
+
+def dropout_key(key: jax.Array, impl: str) -> jax.Array:
+  """The dropout key of a microbatch in JAX PRNG `impl`, drawn from its threefry key (the checkpointed
+  stream). 'rbg' makes the masks' random bits with XLA's RngBitGenerator instead of threefry hashing:
+  the same seed gives the same masks on one backend, but the bits differ across backends and XLA
+  versions (configs/base.py `train.dropout_rng`)."""
+  if impl == 'threefry2x32':
+    return key
+  width = jax.random.key_data(jax.random.key(0, impl=impl)).shape[-1]
+  return jax.random.wrap_key_data(jax.random.bits(key, (width,), jnp.uint32), impl=impl)
+
+
 def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
   """Builds the optimizer, shardings and jitted init / train / eval functions (compiled on first use
   or through `.lower(...).compile()`)."""
@@ -123,6 +137,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
   schedule = learning_rate_schedule(config.train)
   num_microbatches = int(config.train.num_microbatches)
   padding_idx = config.model.padding_idx
+  dropout_rng = config.train.get('dropout_rng', 'threefry2x32')
 
   def init(seed):
     model = checkpoint.construct_model(model_cfg, seed)
@@ -158,7 +173,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
     def accumulate(carry, xs):
       grads_sum, stats_sum = carry
       microbatch, index = xs
-      grads, stats = grad_fn(state.params, microbatch, jax.random.fold_in(step_key, index))
+      grads, stats = grad_fn(state.params, microbatch, dropout_key(jax.random.fold_in(step_key, index), dropout_rng))
       return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, stats_sum, stats)), None
 
     zero_grads = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params),
@@ -169,7 +184,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
         accumulate, (zero_grads, zero_stats), (microbatches, jnp.arange(num_microbatches)))
     # d(mean NLL over every non-padding target of the whole batch) / d(params).
     grads = jax.tree.map(lambda g: g / jnp.maximum(stats['count'].sum(), 1.0), grads_sum)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                               opt_state=opt_state)

@@ -62,16 +62,31 @@ def assert_losses_close(got, want, rtol):
 
 def test_config_errors_are_clear_and_early(data_dir, tmp_path):
   bad = make_config(tmp_path / 'nowhere', **{
-      'model.num_heads': 5, 'mesh.data': 3, 'train.global_batch_size': 6, 'model.max_seq_len': 20})
+      'model.num_heads': 5, 'mesh.data': 3, 'train.global_batch_size': 6, 'model.max_seq_len': 20,
+      'train.dropout_rng': 'philox'})
   with pytest.raises(train.ConfigError) as error:
     train.validate_config(bad, 8)
   message = str(error.value)
-  for expected in ('num_heads=5 does not divide', 'mesh', 'max_seq_len=20', 'no TFDS dataset'):
+  for expected in ('num_heads=5 does not divide', 'mesh', 'max_seq_len=20', 'no TFDS dataset',
+                   "dropout_rng='philox' must be one of threefry2x32, rbg"):
     assert expected in message, message
   with pytest.raises(train.ConfigError, match='not divisible by mesh.data'):
     train.validate_config(make_config(data_dir, **{'train.num_microbatches': 3}), 8)
   assert train.validate_config(make_config(data_dir, **{'mesh.fsdp': 2}), 8) == (4, 2, 1)
 
+
+
+def test_dropout_rng_gives_seeded_masks_in_its_own_impl():
+  key = jax.random.fold_in(jax.random.key(0), 3)
+  masks = {}
+  for impl in train_state.DROPOUT_RNGS:
+    keep = lambda k: np.asarray(jax.random.bernoulli(train_state.dropout_key(k, impl), 0.9, (64, 64)))
+    assert str(jax.random.key_impl(train_state.dropout_key(key, impl))) == impl
+    masks[impl] = keep(key)
+    np.testing.assert_array_equal(keep(key), masks[impl])  # seeded
+    assert not np.array_equal(keep(jax.random.fold_in(key, 1)), masks[impl])  # another microbatch or step
+    assert abs(masks[impl].mean() - 0.9) < 0.03
+  assert not np.array_equal(masks['rbg'], masks['threefry2x32'])
 
 
 FAST_COMPILE = {'xla_backend_optimization_level': 0}
