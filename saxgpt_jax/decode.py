@@ -19,7 +19,7 @@ from flax import nnx
 from flax import struct
 
 from saxgpt_jax.delay import apply_delay
-from saxgpt_jax.model import SaxGPT
+from saxgpt_jax.model import MATMUL_KERNELS, SaxGPT
 
 Array = jax.Array
 
@@ -156,22 +156,20 @@ def sample_loop(step_fn: Callable, cache: Any, keys_r: Array, sampling: Sampling
   return jnp.concatenate([start[None], out], axis=0).transpose(1, 2, 0)
 
 
-def _kernels_in_compute_dtype(state: Any, dtype: Any) -> Any:
-  """Every matmul kernel (each parameter of 2+ axes except the embedding table, which the model reads
-  in float32) cast once to the compute dtype. The model casts kernels at each use anyway, so the results
-  are bit-identical; the decode loop then reads bfloat16 weights instead of converting float32 ones
-  at every step."""
+def kernels_in_compute_dtype(state: Any, dtype: Any) -> Any:
+  """The model state with every matmul kernel (`model.MATMUL_KERNELS`) cast once to the compute dtype.
+  The model casts kernels at each use anyway, so results are bit-identical; the decode loop then reads
+  bfloat16 weights instead of converting float32 ones at every step. Everything else keeps its dtype."""
   def cast(path, x):
-    is_embed = any(getattr(k, 'key', None) == 'embed' for k in path)
-    return x.astype(dtype) if x.ndim >= 2 and not is_embed and jnp.issubdtype(x.dtype, jnp.floating) else x
+    name = next((k.key for k in reversed(path) if isinstance(getattr(k, 'key', None), str)), None)
+    return x.astype(dtype) if name in MATMUL_KERNELS else x
   return jax.tree.map_with_path(cast, state)
 
 
 @functools.partial(jax.jit, static_argnames=('graphdef', 'num_steps', 'num_samples'))
 def _generate(graphdef, state, src, src_mask, prompt, sampling: SamplingParams, rng, *, num_steps, num_samples):
-  model: SaxGPT = nnx.merge(graphdef, state)
-  cfg = model.cfg
-  model = nnx.merge(graphdef, _kernels_in_compute_dtype(state, cfg.dtype))
+  cfg = nnx.merge(graphdef, state).cfg
+  model: SaxGPT = nnx.merge(graphdef, kernels_in_compute_dtype(state, cfg.dtype))
   b = src.shape[0]
   memory = model.encode(src, src_mask)  # once per input, not per sample
   cache = model.init_cache(memory, src_mask, max_len=num_steps, num_samples=num_samples)  # cross K/V shared

@@ -125,9 +125,14 @@ def _dense_bwd(res, g):
 dense.defvjp(_dense_fwd, _dense_bwd)
 
 
+# Parameter names of the kernels that only ever enter `dense_in` (cast to the compute dtype at each use).
+MATMUL_KERNELS = ('qkv', 'q', 'kv', 'out', 'w1', 'w2', 'head_w')
+
+
 def dense_in(x: Array, w: Array, dtype: Any) -> Array:
   """`dense` in the compute dtype: x and the (float32) kernel are cast to `dtype` first."""
   return dense(x.astype(dtype), w.astype(dtype))
+
 
 _normal = jax.nn.initializers.normal(0.02)
 _zeros = jax.nn.initializers.zeros

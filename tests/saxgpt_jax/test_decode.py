@@ -214,3 +214,29 @@ def test_generate_rejects_bad_lengths(small_model):
     decode.generate(small_model, src, num_steps=30, sampling=GREEDY, rng=jax.random.key(0))
   with pytest.raises(ValueError, match='top_p'):
     decode.SamplingParams.make(top_p=1.5)
+
+
+def test_kernels_cast_before_the_loop_give_bit_identical_bfloat16_steps():
+  """decode casts the matmul kernels to bfloat16 once; every other parameter keeps float32, so the
+  encoder pass and the cached steps equal those of the model that casts at each use, bit for bit."""
+  cfg = model_lib.ModelConfig(d_model=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=2,
+                              dim_feedforward=64, max_seq_len=24, dtype='bfloat16')
+  graphdef, state = nnx.split(model_lib.SaxGPT(cfg, rngs=nnx.Rngs(params=3)))
+  keys = iter(jax.random.split(jax.random.key(5), len(jax.tree.leaves(state))))  # biases and norms not 0/1
+  state = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(next(keys), x.shape, x.dtype), state)
+  cast = decode.kernels_in_compute_dtype(state, jnp.bfloat16)
+  changed = {jax.tree_util.keystr(p) for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(state),
+                                                           jax.tree.leaves(cast)) if a.dtype != b.dtype}
+  assert changed and all(any(f"['{name}']" in p for name in model_lib.MATMUL_KERNELS) for p in changed)
+  rng = np.random.default_rng(4)
+  src, tokens = jnp.asarray(rng.integers(0, 2048, (2, 4, 12))), jnp.asarray(rng.integers(0, 2048, (2, 4)))
+
+  @jax.jit
+  def two_steps(state):
+    model = nnx.merge(graphdef, state)
+    cache = model.init_cache(model.encode(src), None, max_len=4)
+    first, cache = model.decode_step(tokens, jnp.int32(0), cache)
+    return first, model.decode_step(tokens[:, ::-1], jnp.int32(1), cache)[0]
+
+  for got, want in zip(two_steps(cast), two_steps(state)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
