@@ -33,8 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   # '': cuDNN flash attention on GPU in a 16-bit dtype, written-out einsum attention elsewhere (float32,
   # CPU, TPU); 'cudnn' forces flash attention; 'xla' always writes it out.
   c.model.attention_impl = ''
-  # Rematerialise each encoder/decoder layer in training (nnx.remat): the backward pass recomputes a
-  # layer's activations instead of keeping them, for ~1/3 more compute. Turn on when a batch does not fit.
+  # Rematerialise each encoder/decoder layer in training (a lax.scan over the layers under jax.checkpoint,
+  # model.SaxGPT._run_layers): the backward pass recomputes a layer's activations instead of keeping them.
+  # Turn on when a batch does not fit (large 2 x 1500 on CPU: 7.5x less temporary memory, 9% slower).
   c.model.remat = False
 
   # --- Data: TFDS `saxgpt_tokens` ArrayRecord shards read with grain (saxgpt_jax/data.py).

@@ -90,7 +90,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *, chec
           f'train.global_batch_size={train.global_batch_size} is not divisible by mesh.data*mesh.fsdp '
           f'({shards}) x train.num_microbatches ({train.num_microbatches}); use a multiple of '
           f'{shards * train.num_microbatches}')
-  if train.get('dropout_rng', 'threefry2x32') not in train_state.DROPOUT_RNGS:
+  if train_state.dropout_rng(train) not in train_state.DROPOUT_RNGS:
     problems.append(f'train.dropout_rng={train.dropout_rng!r} must be one of {", ".join(train_state.DROPOUT_RNGS)}')
   if train.global_batch_size % process_count:
     problems.append(f'train.global_batch_size={train.global_batch_size} is not divisible by the '

@@ -116,6 +116,11 @@ def _state_shardings(abstract_params_state: nnx.State, abstract_state: TrainStat
 DROPOUT_RNGS = ('threefry2x32', 'rbg', 'unsafe_rbg')
 
 
+def dropout_rng(train_config: ml_collections.ConfigDict) -> str:
+  """`train.dropout_rng`, threefry for configs written before the field existed."""
+  return train_config.get('dropout_rng', DROPOUT_RNGS[0])
+
+
 def dropout_key(key: jax.Array, impl: str) -> jax.Array:
   """The dropout key of a microbatch in JAX PRNG `impl`, drawn from its threefry key (the checkpointed
   stream). 'rbg' makes the masks' random bits with XLA's RngBitGenerator instead of threefry hashing:
@@ -137,7 +142,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
   schedule = learning_rate_schedule(config.train)
   num_microbatches = int(config.train.num_microbatches)
   padding_idx = config.model.padding_idx
-  dropout_rng = config.train.get('dropout_rng', 'threefry2x32')
+  dropout_impl = dropout_rng(config.train)
 
   def init(seed):
     model = checkpoint.construct_model(model_cfg, seed)
@@ -173,7 +178,7 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
     def accumulate(carry, xs):
       grads_sum, stats_sum = carry
       microbatch, index = xs
-      grads, stats = grad_fn(state.params, microbatch, dropout_key(jax.random.fold_in(step_key, index), dropout_rng))
+      grads, stats = grad_fn(state.params, microbatch, dropout_key(jax.random.fold_in(step_key, index), dropout_impl))
       return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, stats_sum, stats)), None
 
     zero_grads = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params),

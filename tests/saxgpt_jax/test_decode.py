@@ -130,9 +130,8 @@ def test_probabilities_keep_exactly_the_sorted_top_k_and_nucleus(top_k, top_p, t
   for row in range(logits.shape[0]):
     expected = _numpy_support(logits[row], top_k, top_p, temperature)
     np.testing.assert_array_equal(probs[row] > 0, expected)
-    np.testing.assert_allclose(probs[row] / probs[row].sum(),
-                               np.where(expected, np.exp(logits[row] / temperature), 0) /
-                               np.where(expected, np.exp(logits[row] / temperature), 0).sum(), rtol=1e-4, atol=1e-9)
+    want = np.where(expected, np.exp(logits[row] / temperature), 0)
+    np.testing.assert_allclose(probs[row] / probs[row].sum(), want / want.sum(), rtol=1e-4, atol=1e-9)
 
 
 def test_top_k_keeps_codes_tied_with_the_cut_off_like_the_original():
