@@ -173,8 +173,9 @@ def _flash_attention(q_btnh: Array, k_bsnh: Array, v_bsnh: Array, mask: Array | 
                      scale: float) -> Array:
   """cuDNN flash attention -> [B, T, N, H]. The key mask [B, 1, 1, S] (a prefix of real frames) becomes
   per-row key lengths (at least 1). cuDNN's training kernels with key lengths take only even lengths, so
-  an odd T or S (1505 = 1500 frames + K + 1) is padded by one position, masked as a key and dropped as a
-  query; with causal masking the padded key comes after every real query anyway."""
+  an odd T or S is padded by one position here, masked as a key and dropped as a query; with causal
+  masking the padded key comes after every real query anyway. (`SaxGPT._encode` makes the backing even
+  once, so this fallback pads only odd solo lengths.)"""
   b, t, s = q_btnh.shape[0], q_btnh.shape[1], k_bsnh.shape[1]
   lengths = None if mask is None else jnp.maximum(mask.reshape(b, -1).sum(-1), 1).astype(jnp.int32)
   if s % 2 and lengths is None:
@@ -206,20 +207,33 @@ class Attention(nnx.Module):
     self.out = _param(rngs, _normal, (n, h, d), ('heads', 'kv', 'embed'), pdt)
     self.dropout = nnx.Dropout(cfg.attention_dropout)
 
-  def _project(self, x: Array, p: nnx.Param) -> Array:
-    return dense_in(x, p[...], self.cfg.dtype)
+  def _project_split(self, x: Array, p: nnx.Param, separate: bool) -> tuple[Array, ...]:
+    """x [B, T, D] through a fused [D, J, N, H] kernel -> J arrays [B, T, N, H]. One matmul, whose output
+    [B, T, J, N, H] interleaves them, or with `separate` one matmul per slice of the kernel, each output
+    contiguous: cuDNN attention takes only contiguous q/k/v, so XLA would copy them out of the fused
+    output and concatenate their gradients again (~10 GB of traffic per xlarge batch-16 step)."""
+    w = p[...]
+    if separate:
+      return tuple(dense_in(x, w[:, j], self.cfg.dtype) for j in range(w.shape[1]))
+    fused = dense_in(x, w, self.cfg.dtype)
+    return tuple(fused[:, :, j] for j in range(w.shape[1]))
 
-  def project_qkv(self, x_btd: Array) -> tuple[Array, Array, Array]:
-    """-> q, k, v, each [B, T, N, H]."""
-    qkv = self._project(x_btd, self.qkv)  # [B, T, 3, N, H]
-    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  def project_qkv(self, x_btd: Array, separate: bool = False) -> tuple[Array, Array, Array]:
+    """-> q, k, v, each [B, T, N, H] (`separate`: see `_project_split`)."""
+    return self._project_split(x_btd, self.qkv, separate)
 
   def project_q(self, x_btd: Array) -> Array:
-    return self._project(x_btd, self.q)  # [B, T, N, H]
+    return dense_in(x_btd, self.q[...], self.cfg.dtype)  # [B, T, N, H]
 
-  def project_kv(self, memory_bsd: Array) -> tuple[Array, Array]:
-    kv = self._project(memory_bsd, self.kv)  # [B, S, 2, N, H]
-    return kv[:, :, 0], kv[:, :, 1]
+  def project_kv(self, memory_bsd: Array, separate: bool = False) -> tuple[Array, Array]:
+    """-> k, v, each [B, S, N, H] (`separate`: see `_project_split`)."""
+    return self._project_split(memory_bsd, self.kv, separate)
+
+  def self_attend(self, x_btd: Array, mask: Array | None, is_causal: bool, deterministic: bool,
+                  rngs: nnx.Rngs | None) -> Array:
+    """Self-attention over a whole sequence [B, T, D] -> [B, T, D] (after the output projection)."""
+    q, k, v = self.project_qkv(x_btd, separate=_uses_cudnn(self.cfg))
+    return self.attend(q, k, v, mask=mask, is_causal=is_causal, deterministic=deterministic, rngs=rngs)
 
   def project_out(self, o_btnh: Array) -> Array:
     """Concatenated heads [B, T, N, H] -> [B, T, D]: one [N*H, D] matmul (contracting N and H as two axes
@@ -288,9 +302,7 @@ class EncoderLayer(nnx.Module):
   def __call__(self, x: Array, mask: Array | None, deterministic: bool, rngs: nnx.Rngs | None) -> Array:
     drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
 
-    def sa(y):
-      return self.self_attn.attend(*self.self_attn.project_qkv(y), mask=mask, deterministic=deterministic,
-                                   rngs=rngs)
+    sa = lambda y: self.self_attn.self_attend(y, mask, False, deterministic, rngs)
 
     if self.cfg.norm_first:
       x = x + drop(sa(self.norm1(x)))
@@ -428,30 +440,42 @@ class SaxGPT(nnx.Module):
           'use shorter windows (data.seq_len) or a model with a longer max_seq_len.')
 
   # --- full forward ----------------------------------------------------------------------------
-  def encode(self, src_bks: Array, src_mask_bs: Array | None = None, *, deterministic: bool = True,
-             rngs: nnx.Rngs | None = None) -> Array:
-    """Backing tokens [B,K,S] (delayed) -> encoder memory [B,S,D] (after the final norm when pre-norm)."""
+  def _encode(self, src_bks: Array, src_mask_bs: Array | None, deterministic: bool, rngs: nnx.Rngs | None
+              ) -> tuple[Array, Array | None]:
+    """-> encoder memory [B, S', D] and its key mask [B, S'] (or None). S' = S, or S + 1 on the cuDNN path
+    when S is odd (1505 = 1500 frames + K + 1): one masked zero frame is appended to the embeddings, so
+    the flash-attention kernels, which take only even lengths with a key mask, get them without a pad and
+    a slice of q/k/v in every layer (`_flash_attention`)."""
     self._check_tokens('src', src_bks)
     x = self._embed(src_bks, jnp.arange(src_bks.shape[2]), deterministic, rngs)
+    b, s = src_bks.shape[0], src_bks.shape[2]
+    if s % 2 and _uses_cudnn(self.cfg):
+      x = jnp.pad(x, ((0, 0), (0, 1), (0, 0)))
+      real = jnp.ones((b, s), bool) if src_mask_bs is None else src_mask_bs
+      src_mask_bs = jnp.pad(real, ((0, 0), (0, 1)))
     mask = _key_mask(src_mask_bs)
     x = self._run_layers(self.encoder_layers, lambda layer, x, rngs: layer(x, mask, deterministic, rngs), x,
                          deterministic, rngs)
     if self.cfg.norm_first:
       x = self.encoder_norm(x)
-    return x
+    return x, src_mask_bs
+
+  def encode(self, src_bks: Array, src_mask_bs: Array | None = None, *, deterministic: bool = True,
+             rngs: nnx.Rngs | None = None) -> Array:
+    """Backing tokens [B,K,S] (delayed) -> encoder memory [B,S,D] (after the final norm when pre-norm)."""
+    return self._encode(src_bks, src_mask_bs, deterministic, rngs)[0][:, :src_bks.shape[2]]
 
   def __call__(self, src_bks: Array, tgt_bkt: Array, src_mask_bs: Array | None = None, *,
                deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
     """Teacher-forced logits float32 [B,K,T,V] for decoder input tgt_bkt [B,K,T] (causal)."""
-    memory = self.encode(src_bks, src_mask_bs, deterministic=deterministic, rngs=rngs)
+    memory, src_mask_bs = self._encode(src_bks, src_mask_bs, deterministic, rngs)
     self._check_tokens('tgt', tgt_bkt)
     x = self._embed(tgt_bkt, jnp.arange(tgt_bkt.shape[2]), deterministic, rngs)
     cross_mask = _key_mask(src_mask_bs)
 
     def decoder_layer(layer: DecoderLayer, x, rngs):
-      ck, cv = layer.cross_attn.project_kv(memory)
-      causal = lambda attn, y: attn.attend(*attn.project_qkv(y), mask=None, is_causal=True,
-                                           deterministic=deterministic, rngs=rngs)
+      ck, cv = layer.cross_attn.project_kv(memory, separate=_uses_cudnn(self.cfg))
+      causal = lambda attn, y: attn.self_attend(y, None, True, deterministic, rngs)
       cross = lambda attn, y: attn.attend(attn.project_q(y), ck, cv, mask=cross_mask, deterministic=deterministic,
                                           rngs=rngs)
       return layer(x, causal, cross, deterministic, rngs)

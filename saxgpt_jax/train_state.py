@@ -166,27 +166,29 @@ def make_trainer(config: ml_collections.ConfigDict, mesh: Mesh) -> Trainer:
     return stats['nll_sum'].sum(), stats
 
   def train_step(state: TrainState, batch):
-    # Microbatch i takes rows i, i+M, i+2M, ...: every device holds an equal part of every microbatch.
-    def split(x):
-      x = x.reshape(x.shape[0] // num_microbatches, num_microbatches, *x.shape[1:]).swapaxes(0, 1)
-      return jax.lax.with_sharding_constraint(x, micro_sharding)
-
-    microbatches = jax.tree.map(split, batch)
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     grad_fn = jax.grad(microbatch_grads, has_aux=True)
+    microbatch_grads_of = lambda microbatch, index: grad_fn(
+        state.params, microbatch, dropout_key(jax.random.fold_in(step_key, index), dropout_impl))
 
-    def accumulate(carry, xs):
-      grads_sum, stats_sum = carry
-      microbatch, index = xs
-      grads, stats = grad_fn(state.params, microbatch, dropout_key(jax.random.fold_in(step_key, index), dropout_impl))
-      return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, stats_sum, stats)), None
+    if num_microbatches == 1:  # no loop: no zero-filled sums to add to, and one program for XLA to schedule
+      grads_sum, stats = microbatch_grads_of(batch, 0)
+    else:
+      # Microbatch i takes rows i, i+M, i+2M, ...: every device holds an equal part of every microbatch.
+      def split(x):
+        x = x.reshape(x.shape[0] // num_microbatches, num_microbatches, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, micro_sharding)
 
-    zero_grads = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params),
-                                                  state_shardings.params)
-    k = config.model.num_codebooks
-    zero_stats = {name: jnp.zeros((k,), jnp.float32) for name in ('nll_sum', 'correct', 'count')}
-    (grads_sum, stats), _ = jax.lax.scan(
-        accumulate, (zero_grads, zero_stats), (microbatches, jnp.arange(num_microbatches)))
+      def accumulate(carry, xs):
+        grads, stats = microbatch_grads_of(*xs)
+        return jax.tree.map(jnp.add, carry, (grads, stats)), None
+
+      zero_grads = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params),
+                                                    state_shardings.params)
+      k = config.model.num_codebooks
+      zero_stats = {name: jnp.zeros((k,), jnp.float32) for name in ('nll_sum', 'correct', 'count')}
+      (grads_sum, stats), _ = jax.lax.scan(
+          accumulate, (zero_grads, zero_stats), (jax.tree.map(split, batch), jnp.arange(num_microbatches)))
     # d(mean NLL over every non-padding target of the whole batch) / d(params).
     grads = jax.tree.map(lambda g: g / jnp.maximum(stats['count'].sum(), 1.0), grads_sum)
     grad_norm = optax.tree.norm(grads)

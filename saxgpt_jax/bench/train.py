@@ -58,7 +58,8 @@ def _torch_step(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray],
 def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: int, warmup: int = 1,
         reference: str = '', peak_flops: float | None = None, profile_dir: str = '') -> dict[str, Any]:
   """Times `steps` training steps (after `warmup`), alternating with torch when reference='torch';
-  with `profile_dir`, traces one more JAX step there (`bench/profile.py`)."""
+  with `profile_dir`, traces one more JAX step there and writes the step's optimised HLO beside it
+  (`bench/profile.py`)."""
   config = ml_collections.ConfigDict(config.to_dict())  # a copy: the benchmark sets batch and length
   config.data.seq_len, config.train.global_batch_size = frames, batch
   train_lib.validate_config(config, jax.device_count(), check_dataset=False)
@@ -110,7 +111,7 @@ def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: in
                        temp_gb=getattr(memory, 'temp_size_in_bytes', float('nan')) / 1e9,
                        loss=losses.summarize(state['metrics']['stats'])['loss'])
   if profile_dir:
-    result['jax']['profile'] = profile.profile(jax_step, profile_dir)
+    result['jax']['profile'] = profile.profile(jax_step, profile_dir, compiled=compiled)
   if 'torch' in result:
     result['speedup_vs_torch'] = result['jax']['frames_per_s'] / result['torch']['frames_per_s']
   return result

@@ -88,6 +88,8 @@ def test_train_reports_throughput_mfu_compile_and_torch_ratio(results):
   assert r['jax']['compile_s'] > 0 and r['jax']['lower_s'] > 0 and np.isfinite(r['jax']['loss'])
   assert r['speedup_vs_torch'] == pytest.approx(r['jax']['frames_per_s'] / r['torch']['frames_per_s'])
   check_profile(r['jax']['profile'])
+  hlo = open(r['jax']['profile']['hlo']).read()
+  assert hlo.startswith('HloModule') and 'ENTRY' in hlo
   assert r['machine']['platform'] == 'cpu' and r['machine']['num_devices'] == 1
   # `python -m saxgpt_jax.bench` restarted itself with malloc on huge pages (saxgpt_jax/host_memory.py)
   assert r['machine']['malloc_huge_pages'] == host_memory.huge_pages_supported()
@@ -118,6 +120,7 @@ def check_profile(p):
   assert os.path.isfile(p['trace']) and p['trace'].endswith('perfetto_trace.json.gz')
   assert p['ops_per_call'] > 0 and p['op_ms_per_call'] > 0 and 0 < len(p['top_ops']) <= 15
   top_ms = [op['ms_per_call'] for op in p['top_ops'].values()]
+  assert sum(p['kind_ms_per_call'].values()) == pytest.approx(p['op_ms_per_call'])
   assert top_ms == sorted(top_ms, reverse=True) and sum(top_ms) <= p['op_ms_per_call'] * (1 + 1e-9)
 
 
@@ -145,6 +148,17 @@ def test_profile_summary_counts_leaf_ops_once(tmp_path):
   assert s['op_ms_per_call'] == pytest.approx((30 + 20 + 30 + 2 + 3 + 2) / 2 / 1e3)
   assert list(s['top_ops']) == ['dot.2', 'add.3']
   assert s['top_ops']['dot.2'] == {'count_per_call': 1.0, 'ms_per_call': pytest.approx(0.03)}
+  assert s['kind_ms_per_call'] == {'matmul': pytest.approx(0.03), 'other': pytest.approx(0.0135)}
+  hlo = ('HloModule m\n  %fusion.12 = bf16[8,8]{1,0} fusion(%a, %b), kind=kCustom, calls=%c, backend_config={"kind":"__triton_nested_gemm_fusion"}\n'
+         '  %custom-call.3 = (bf16[2,4]) custom-call(%q), custom_call_target="__cudnn$fmhaSoftmax"\n'
+         '  %loop_add_fusion.2 = f32[8]{0} fusion(%x), kind=kLoop, calls=%d\n')
+  assert profile.hlo_op_kinds(hlo) == {'fusion.12': 'matmul', 'fusion_12': 'matmul', 'custom-call.3': 'attention',
+                                       'custom-call_3': 'attention'}
+  s = profile.summarize(trace, calls=2, top=2, kinds={'fusion_2': 'matmul'})
+  assert s['kind_ms_per_call'] == {'matmul': pytest.approx(0.0315), 'other': pytest.approx(0.012)}
+  assert [profile.op_kind(n) for n in ('cudnn_generated_fort_native_sdpa_sm90_flash_fprop', 'nvjet_tst_128x',
+                                       'input_reduce_fusion_3', 'loop_add_fusion', 'copy.4')] == [
+                                           'attention', 'matmul', 'reduction', 'other', 'copy']
 
 
 def test_data_reports_pipeline_throughput(results):

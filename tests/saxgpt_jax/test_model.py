@@ -130,6 +130,8 @@ def test_flash_attention_path_matches_written_out_attention_with_prefix_masks(ke
   for gf, gw in zip(grads_f, grads_w, strict=True):
     assert np.isfinite(np.asarray(gf)).all()
     assert rel_err(gf, gw) < 2.5 * tol
+  memory = flash.encode(src, mask)  # the even-padded encoder (SaxGPT._encode), sliced back to S
+  assert memory.shape == (3, 37, 64) and rel_err(memory[:2], written.encode(src, mask)[:2]) < tol
 
 
 def test_bfloat16_compute_keeps_float32_params():
