@@ -238,6 +238,33 @@ def test_dense_and_its_written_out_gradient_equal_einsum_autodiff(x_shape, w_sha
   assert dx.dtype == dw.dtype == jnp.bfloat16
 
 
+def _plain_layer_norm(x, scale, bias):
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(-1, keepdims=True)
+  return (x32 - mean) * jax.lax.rsqrt(jnp.square(x32 - mean).mean(-1, keepdims=True) + 1e-5) * scale + bias
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_layer_norm_and_gelu_written_out_gradients_equal_autodiff(dtype):
+  """`model.layer_norm` and `model.gelu` compute what autodiff of the plain formulas computes, values and
+  gradients (x in float32 and bfloat16; LayerNorm's scale and bias float32)."""
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(3 * rng.standard_normal((2, 5, 16)) + 1, dtype)
+  scale, bias = (jnp.asarray(rng.standard_normal(16), jnp.float32) for _ in range(2))
+  g = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+  tol = dict(rtol=1e-5, atol=1e-5) if dtype == 'float32' else dict(rtol=2e-2, atol=2e-2)
+  cases = [(model_lib.layer_norm, _plain_layer_norm, (x, scale, bias)),
+           (model_lib.gelu, lambda x: jax.nn.gelu(x, approximate=False), (x,))]
+  for ours, plain, args in cases:
+    loss = lambda f: jax.jit(jax.value_and_grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32) * g),
+                                                 argnums=tuple(range(len(args)))))
+    (v_o, g_o), (v_p, g_p) = loss(ours)(*args), loss(plain)(*args)
+    np.testing.assert_allclose(v_o, v_p, rtol=1e-6)
+    for a, b in zip(g_o, g_p, strict=True):
+      assert a.dtype == b.dtype and a.shape == b.shape
+      np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **tol)
+
+
 def test_every_param_has_logical_axis_names():
   model = tiny_model()
   specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
