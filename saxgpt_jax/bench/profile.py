@@ -50,44 +50,99 @@ def op_kind(name: str) -> str:
   return next((kind for kind, keys in OP_KINDS if any(k in lower for k in keys)), 'other')
 
 
-def hlo_op_kinds(hlo_text: str) -> dict[str, str]:
-  """Op name -> kind for the fusions and custom calls of an optimised HLO module whose name does not say
-  what they are: XLA's Triton GEMM fusions ('fusion_123' in a GPU trace, where '.' becomes '_') are
-  'matmul', cuDNN attention calls 'attention'."""
-  kinds = {}
+def _hlo_table(hlo_text: str, title: str) -> dict[int, str]:
+  """One of the numbered tables (FileNames, FileLocations, StackFrames) at the head of an HLO module."""
+  block = hlo_text.split(f'\n{title}\n', 1)
+  rows = {}
+  for line in block[1].split('\n') if len(block) == 2 else []:
+    m = re.match(r'(\d+) (.*)$', line)
+    if not m:
+      break
+    rows[int(m.group(1))] = m.group(2)
+  return rows
+
+
+def hlo_ops(hlo_text: str, package: str = 'saxgpt_jax') -> dict[str, dict[str, str | None]]:
+  """Op name -> {'kind', 'source'} for the fusions and custom calls of an optimised HLO module, under
+  their HLO name and as a GPU trace names their kernels ('.' becomes '_').
+
+  kind: 'matmul' for cuBLAS calls and XLA's Triton GEMM fusions ('fusion_123' by name), 'attention' for
+  cuDNN attention, else None (`op_kind` of the name decides). source: the innermost line of `package`
+  in the op's stack trace, with the innermost line outside it when that differs, or that line alone
+  when the trace holds none of `package` (flax's dropout does that), and ' (backward)' for ops of the
+  gradient, e.g. 'saxgpt_jax/model.py:210 (backward)'.
+  """
+  files = {k: v.strip('"') for k, v in _hlo_table(hlo_text, 'FileNames').items()}
+  locations, frames = {}, {}
+  for k, v in _hlo_table(hlo_text, 'FileLocations').items():
+    f = dict(re.findall(r'(\w+)=(\d+)', v))
+    locations[k] = (files.get(int(f.get('file_name_id', 0)), '?'), f.get('line', '?'))
+  for k, v in _hlo_table(hlo_text, 'StackFrames').items():  # the text prints a parent's id plus one
+    f = dict(re.findall(r'(\w+)=(\d+)', v))
+    frames[k] = (int(f.get('file_location_id', 0)), int(f.get('parent_frame_id', 1)) - 1)
+
+  def source(frame: int) -> str | None:
+    stack, seen = [], set()
+    while frame in frames and frame not in seen:  # innermost first
+      seen.add(frame)
+      stack.append(locations.get(frames[frame][0], ('?', '?')))
+      frame = frames[frame][1]
+    if not stack:
+      return None
+    short = lambda f, line: f"{f[f.rfind(f'{package}/'):] if package in f else '/'.join(f.split('/')[-3:])}:{line}"
+    ours = [(f, line) for f, line in stack if f'/{package}/' in f or f.startswith(f'{package}/')]
+    if not ours or ours[0] == stack[0]:
+      return short(*stack[0])
+    return f'{short(*ours[0])} ({short(*stack[0])})'
+
+  ops = {}
   for m in re.finditer(r'^\s+(?:ROOT )?%([\w.\-]+) = .*?\b(?:fusion|custom-call)\(.*$', hlo_text, re.M):
     line = m.group(0)
     kind = 'attention' if 'cudnn$fmha' in line else 'matmul' if re.search(r'gemm|cublas', line) else None
-    if kind:
-      kinds[m.group(1)] = kinds[m.group(1).replace('.', '_')] = kind
-  return kinds
+    frame = re.search(r'stack_frame_id=(\d+)', line)
+    where = source(int(frame.group(1))) if frame else None
+    if where and re.search(r'op_name="[^"]*transpose\(', line):
+      where += ' (backward)'
+    ops[m.group(1)] = ops[m.group(1).replace('.', '_')] = {'kind': kind, 'source': where}
+  return ops
 
 
-def summarize(trace_file: str | Path, calls: int = 1, top: int = 15, kinds: dict[str, str] | None = None
-              ) -> dict[str, Any]:
-  """Op count and time per call, time per kind (`kinds`, e.g. `hlo_op_kinds`, else `op_kind` of the
-  name), and the `top` ops by total time, from a `perfetto_trace.json.gz`."""
+def summarize(trace_file: str | Path, calls: int = 1, top: int = 15,
+              ops: dict[str, dict[str, str | None]] | None = None) -> dict[str, Any]:
+  """Op count and time per call, time per kind, and the `top` ops by total time, from a
+  `perfetto_trace.json.gz`. With `ops` (`hlo_ops` of the traced program) kinds come from the HLO, and
+  `top_sources` adds the `top` source lines by time (library kernels such as cuBLAS's and cuDNN's carry
+  no HLO name and count as '(library kernel: <kind>)')."""
   with gzip.open(trace_file, 'rt') as f:
-    ops = _op_events(json.load(f))
-  if not ops:
+    events = _op_events(json.load(f))
+  if not events:
     raise ValueError(f'{trace_file} holds no device op events; was anything run under the trace?')
-  count, micros, kind_ms = collections.Counter(), collections.Counter(), collections.Counter()
-  for e in ops:
-    count[e['name']] += 1
-    micros[e['name']] += e['dur']
-    kind_ms[(kinds or {}).get(e['name']) or op_kind(e['name'])] += e['dur']
-  return {'trace': str(trace_file), 'ops_per_call': len(ops) / calls,
-          'op_ms_per_call': sum(micros.values()) / calls / 1e3,
-          'kind_ms_per_call': {kind: us / calls / 1e3 for kind, us in kind_ms.most_common()},
-          'top_ops': {name: {'count_per_call': count[name] / calls, 'ms_per_call': us / calls / 1e3}
-                      for name, us in micros.most_common(top)}}
+  ops = ops or {}
+  count, micros, kind_ms, source_ms = (collections.Counter() for _ in range(4))
+  for e in events:
+    name, info = e['name'], ops.get(e['name'], {})
+    kind = info.get('kind') or op_kind(name)
+    count[name] += 1
+    micros[name] += e['dur']
+    kind_ms[kind] += e['dur']
+    source_ms[info.get('source') or (f'(library kernel: {kind})' if name not in ops else '(no source)')] += e['dur']
+  per_call = lambda counter: {key: us / calls / 1e3 for key, us in counter.most_common(top)}
+  result = {'trace': str(trace_file), 'ops_per_call': len(events) / calls,
+            'op_ms_per_call': sum(micros.values()) / calls / 1e3,
+            'kind_ms_per_call': {kind: us / calls / 1e3 for kind, us in kind_ms.most_common()},
+            'top_ops': {name: {'count_per_call': count[name] / calls, 'ms_per_call': us / calls / 1e3}
+                        for name, us in micros.most_common(top)}}
+  if ops:
+    result['top_sources'] = per_call(source_ms)
+  return result
 
 
 def profile(run: Callable[[], object], directory: str | Path, top: int = 15, compiled: Any = None
             ) -> dict[str, Any]:
   """Runs `run` (which must block until done) once under `jax.profiler.trace` -> `summarize` of it. With
   the `compiled` program that `run` calls, its optimised HLO goes to `directory/program.hlo.txt` (the
-  kernel names in the trace are its instructions' names) and classifies its ops (`hlo_op_kinds`)."""
+  kernel names in the trace are its instructions' names) and classifies its ops by kind and source
+  line (`hlo_ops`)."""
   directory = Path(directory).expanduser()
   directory.mkdir(parents=True, exist_ok=True)
   before = set(directory.glob('**/perfetto_trace.json.gz'))
@@ -100,4 +155,4 @@ def profile(run: Callable[[], object], directory: str | Path, top: int = 15, com
     return summarize(new[-1], top=top)
   hlo = compiled.as_text()
   (directory / 'program.hlo.txt').write_text(hlo)
-  return {**summarize(new[-1], top=top, kinds=hlo_op_kinds(hlo)), 'hlo': str(directory / 'program.hlo.txt')}
+  return {**summarize(new[-1], top=top, ops=hlo_ops(hlo)), 'hlo': str(directory / 'program.hlo.txt')}

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -90,6 +92,7 @@ def test_train_reports_throughput_mfu_compile_and_torch_ratio(results):
   check_profile(r['jax']['profile'])
   hlo = open(r['jax']['profile']['hlo']).read()
   assert hlo.startswith('HloModule') and 'ENTRY' in hlo
+  assert any(source.startswith('saxgpt_jax/model.py:') for source in r['jax']['profile']['top_sources'])
   assert r['machine']['platform'] == 'cpu' and r['machine']['num_devices'] == 1
   # `python -m saxgpt_jax.bench` restarted itself with malloc on huge pages (saxgpt_jax/host_memory.py)
   assert r['machine']['malloc_huge_pages'] == host_memory.huge_pages_supported()
@@ -149,16 +152,38 @@ def test_profile_summary_counts_leaf_ops_once(tmp_path):
   assert list(s['top_ops']) == ['dot.2', 'add.3']
   assert s['top_ops']['dot.2'] == {'count_per_call': 1.0, 'ms_per_call': pytest.approx(0.03)}
   assert s['kind_ms_per_call'] == {'matmul': pytest.approx(0.03), 'other': pytest.approx(0.0135)}
-  hlo = ('HloModule m\n  %fusion.12 = bf16[8,8]{1,0} fusion(%a, %b), kind=kCustom, calls=%c, backend_config={"kind":"__triton_nested_gemm_fusion"}\n'
-         '  %custom-call.3 = (bf16[2,4]) custom-call(%q), custom_call_target="__cudnn$fmhaSoftmax"\n'
-         '  %loop_add_fusion.2 = f32[8]{0} fusion(%x), kind=kLoop, calls=%d\n')
-  assert profile.hlo_op_kinds(hlo) == {'fusion.12': 'matmul', 'fusion_12': 'matmul', 'custom-call.3': 'attention',
-                                       'custom-call_3': 'attention'}
-  s = profile.summarize(trace, calls=2, top=2, kinds={'fusion_2': 'matmul'})
+  s = profile.summarize(trace, calls=2, top=4, ops={'fusion_2': {'kind': 'matmul', 'source': 'model.py:7'},
+                                                   'fusion_1': {'kind': None, 'source': None}})
   assert s['kind_ms_per_call'] == {'matmul': pytest.approx(0.0315), 'other': pytest.approx(0.012)}
+  assert s['top_sources'] == {'(library kernel: matmul)': pytest.approx(0.03), '(library kernel: other)': pytest.approx(0.01),
+                              '(no source)': pytest.approx(0.002), 'model.py:7': pytest.approx(0.0015)}
   assert [profile.op_kind(n) for n in ('cudnn_generated_fort_native_sdpa_sm90_flash_fprop', 'nvjet_tst_128x',
                                        'input_reduce_fusion_3', 'loop_add_fusion', 'copy.4')] == [
                                            'attention', 'matmul', 'reduction', 'other', 'copy']
+
+
+def _sine(x):
+  return jnp.sin(x) * 3.0
+
+
+def test_hlo_ops_give_each_op_its_kind_and_source_line():
+  """Kinds from the HLO text (GPU names say nothing of a Triton GEMM fusion), source lines from its stack
+  frames, checked on a program compiled here: the fusion of sin, add and cos is attributed to its root's
+  line, the gradient's ops are marked backward."""
+  from saxgpt_jax.bench import profile
+
+  f = lambda x: jnp.cos(_sine(x) + 1.0).sum()
+  line = f.__code__.co_firstlineno
+  forward = profile.hlo_ops(jax.jit(f).lower(jnp.ones(8)).compile().as_text(), package='tests')
+  assert {op['source'] for op in forward.values()} == {f'tests/saxgpt_jax/test_bench.py:{line}'}
+  backward = profile.hlo_ops(jax.jit(jax.grad(f)).lower(jnp.ones(8)).compile().as_text(), package='tests')
+  assert any(op['source'].endswith('(backward)') for op in backward.values())
+  hlo = ('  %fusion.12 = bf16[8,8]{1,0} fusion(%a), kind=kCustom, calls=%c, backend_config={"kind":"__triton_nested_gemm_fusion"}\n'
+         '  %custom-call.3 = (bf16[2,4]) custom-call(%q), custom_call_target="__cudnn$fmhaSoftmax"\n'
+         '  %loop_add_fusion.2 = f32[8]{0} fusion(%x), kind=kLoop, calls=%d\n')
+  assert {name: op['kind'] for name, op in profile.hlo_ops(hlo).items()} == {
+      'fusion.12': 'matmul', 'fusion_12': 'matmul', 'custom-call.3': 'attention', 'custom-call_3': 'attention',
+      'loop_add_fusion.2': None, 'loop_add_fusion_2': None}
 
 
 def test_data_reports_pipeline_throughput(results):
@@ -175,9 +200,6 @@ def test_bad_flags_fail_with_a_clear_message(results):
 
 
 def test_compile_watch_counts_recompiles_and_not_cache_hits():
-  import jax
-  import jax.numpy as jnp
-
   from saxgpt_jax.bench import compiles
 
   scale = jax.jit(lambda x, t: x * t)
