@@ -66,8 +66,9 @@ def hlo_ops(hlo_text: str, package: str = 'saxgpt_jax') -> dict[str, dict[str, s
   """Op name -> {'kind', 'source'} for the fusions and custom calls of an optimised HLO module, under
   their HLO name and as a GPU trace names their kernels ('.' becomes '_').
 
-  kind: 'matmul' for cuBLAS calls and XLA's Triton GEMM fusions ('fusion_123' by name), 'attention' for
-  cuDNN attention, else None (`op_kind` of the name decides). source: the innermost line of `package`
+  kind: 'matmul' for cuBLAS calls and fusions around a dot (XLA:GPU's Triton GEMMs, 'fusion_123' by name;
+  XLA:CPU's YNNPACK 'ynn_fusion'), 'attention' for cuDNN attention, else None (`op_kind` of the name
+  decides). source: the innermost line of `package`
   in the op's stack trace, with the innermost line outside it when that differs, or that line alone
   when the trace holds none of `package` (flax's dropout does that), and ' (backward)' for ops of the
   gradient, e.g. 'saxgpt_jax/model.py:210 (backward)'.
@@ -95,10 +96,14 @@ def hlo_ops(hlo_text: str, package: str = 'saxgpt_jax') -> dict[str, dict[str, s
       return short(*stack[0])
     return f'{short(*ours[0])} ({short(*stack[0])})'
 
+  with_dots = {m.group(1) for m in re.finditer(r'^%([\w.\-]+) .*?\{\n(.*?)^\}', hlo_text, re.M | re.S)
+               if re.search(r' (?:dot|convolution)\(', m.group(2))}
   ops = {}
   for m in re.finditer(r'^\s+(?:ROOT )?%([\w.\-]+) = .*?\b(?:fusion|custom-call)\(.*$', hlo_text, re.M):
     line = m.group(0)
-    kind = 'attention' if 'cudnn$fmha' in line else 'matmul' if re.search(r'gemm|cublas', line) else None
+    calls = re.search(r'calls=%([\w.\-]+)', line)
+    matmul = re.search(r'gemm|cublas', line) or (calls and calls.group(1) in with_dots)
+    kind = 'attention' if 'cudnn$fmha' in line else 'matmul' if matmul else None
     frame = re.search(r'stack_frame_id=(\d+)', line)
     where = source(int(frame.group(1))) if frame else None
     if where and re.search(r'op_name="[^"]*transpose\(', line):
