@@ -63,15 +63,14 @@ def _hlo_table(hlo_text: str, title: str) -> dict[int, str]:
 
 
 def hlo_ops(hlo_text: str, package: str = 'saxgpt_jax') -> dict[str, dict[str, str | None]]:
-  """Op name -> {'kind', 'source'} for the fusions and custom calls of an optimised HLO module, under
-  their HLO name and as a GPU trace names their kernels ('.' becomes '_').
+  """Op name -> {'kind', 'source'} for the instructions of an optimised HLO module, under their HLO name
+  (as XLA:CPU's thunks are named) and as a GPU trace names their kernels ('.' becomes '_').
 
-  kind: 'matmul' for cuBLAS calls and fusions around a dot (XLA:GPU's Triton GEMMs, 'fusion_123' by name;
-  XLA:CPU's YNNPACK 'ynn_fusion'), 'attention' for cuDNN attention, else None (`op_kind` of the name
-  decides). source: the innermost line of `package`
-  in the op's stack trace, with the innermost line outside it when that differs, or that line alone
-  when the trace holds none of `package` (flax's dropout does that), and ' (backward)' for ops of the
-  gradient, e.g. 'saxgpt_jax/model.py:210 (backward)'.
+  kind: 'matmul' for dots, cuBLAS calls and fusions around a dot (XLA:GPU's Triton GEMMs, 'fusion_123' by
+  name; XLA:CPU's YNNPACK 'ynn_fusion'), 'attention' for cuDNN attention, else None (`op_kind` of the
+  name decides). source: the innermost line of `package` in the op's stack trace, with the innermost line
+  outside it when that differs, or that line alone when the trace holds none of `package` (flax's
+  dropout does that), and ' (backward)' for ops of the gradient, e.g. 'saxgpt_jax/model.py:210 (backward)'.
   """
   files = {k: v.strip('"') for k, v in _hlo_table(hlo_text, 'FileNames').items()}
   locations, frames = {}, {}
@@ -99,10 +98,11 @@ def hlo_ops(hlo_text: str, package: str = 'saxgpt_jax') -> dict[str, dict[str, s
   with_dots = {m.group(1) for m in re.finditer(r'^%([\w.\-]+) .*?\{\n(.*?)^\}', hlo_text, re.M | re.S)
                if re.search(r' (?:dot|convolution)\(', m.group(2))}
   ops = {}
-  for m in re.finditer(r'^\s+(?:ROOT )?%([\w.\-]+) = .*?\b(?:fusion|custom-call)\(.*$', hlo_text, re.M):
-    line = m.group(0)
+  for m in re.finditer(r'^\s+(?:ROOT )?%([\w.\-]+) = (?:\([^)]*\)|\S+) ([\w-]+)\(.*$', hlo_text, re.M):
+    line, opcode = m.group(0), m.group(2)
     calls = re.search(r'calls=%([\w.\-]+)', line)
-    matmul = re.search(r'gemm|cublas', line) or (calls and calls.group(1) in with_dots)
+    named_gemm = opcode in ('fusion', 'custom-call') and re.search(r'gemm|cublas', line)
+    matmul = opcode in ('dot', 'convolution') or named_gemm or (calls and calls.group(1) in with_dots)
     kind = 'attention' if 'cudnn$fmha' in line else 'matmul' if matmul else None
     frame = re.search(r'stack_frame_id=(\d+)', line)
     where = source(int(frame.group(1))) if frame else None
