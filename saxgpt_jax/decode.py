@@ -190,6 +190,20 @@ def generate(model: SaxGPT, src: Array, *, num_steps: int, sampling: SamplingPar
   the first P_f frames of every sample (sliding-window continuation).
   Returns int32 [B, num_samples, K, num_steps + 1] delayed streams, start token at position 0.
   """
+  args, static = _generate_args(model, src, num_steps, sampling, rng, num_samples, src_mask, prompt)
+  return _generate(*args, **static)
+
+
+def compiled_generate(model: SaxGPT, src: Array, *, num_steps: int, sampling: SamplingParams, rng: Array,
+                      num_samples: int = 1, src_mask: Array | None = None, prompt: Array | None = None) -> Any:
+  """The compiled XLA program that `generate` runs for these arguments (`jax.stages.Compiled`): its
+  optimised HLO names the kernels of a profile (`bench --profile_dir`)."""
+  args, static = _generate_args(model, src, num_steps, sampling, rng, num_samples, src_mask, prompt)
+  return _generate.lower(*args, **static).compile()
+
+
+def _generate_args(model, src, num_steps, sampling, rng, num_samples, src_mask, prompt):
+  """`generate`'s arguments checked and converted -> (positional args, static args) of `_generate`."""
   cfg = model.cfg
   if num_steps < 1:
     raise ValueError(f'num_steps must be >= 1, got {num_steps}.')
@@ -203,5 +217,4 @@ def generate(model: SaxGPT, src: Array, *, num_steps: int, sampling: SamplingPar
   graphdef, state = nnx.split(model)
   src = jnp.asarray(src, jnp.int32)
   prompt = None if prompt is None else apply_delay(jnp.asarray(prompt, jnp.int32), cfg.padding_idx)
-  return _generate(graphdef, state, src, src_mask, prompt, sampling, rng, num_steps=num_steps,
-                   num_samples=num_samples)
+  return (graphdef, state, src, src_mask, prompt, sampling, rng), dict(num_steps=num_steps, num_samples=num_samples)

@@ -167,7 +167,10 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int | str] = (1,
                               first_call_cpu_s=first.cpu_s,
                               recompiles_on_new_sampling=timed.compiles)
     if profile_dir:
-      summary = profile.profile(jax_generate, f'{profile_dir}/{row}')
+      sampling, rng = variants[0]
+      compiled = decode.compiled_generate(model, src, num_steps=steps, sampling=sampling, rng=rng,
+                                          num_samples=samples)
+      summary = profile.profile(jax_generate, f'{profile_dir}/{row}', compiled=compiled)
       result['jax'][row]['profile'] = {'ops_per_step': summary['ops_per_call'] / steps, **summary}
     if reference == 'torch':
       result['speedup_vs_torch'][row] = result['jax'][row]['steps_per_s'] / result['torch'][row]['steps_per_s']

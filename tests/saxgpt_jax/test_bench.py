@@ -116,6 +116,7 @@ def test_decode_reports_rates_scaling_rtf_and_no_recompiles(results):
     p = r['jax'][row]['profile']
     check_profile(p)
     assert f'/decode/{row}/' in p['trace'] and p['ops_per_step'] == pytest.approx(p['ops_per_call'] / 20)
+    assert os.path.isfile(p['hlo']) and any(source.startswith('saxgpt_jax/') for source in p['top_sources'])
 
 
 def check_profile(p):
