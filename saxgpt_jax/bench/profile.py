@@ -9,6 +9,7 @@ on the cores, so their summed time can exceed the wall time; compare ops by A/B 
 from __future__ import annotations
 
 import collections
+import functools
 import gzip
 import json
 import re
@@ -81,6 +82,9 @@ def hlo_ops(hlo_text: str, package: str = 'saxgpt_jax') -> dict[str, dict[str, s
     f = dict(re.findall(r'(\w+)=(\d+)', v))
     frames[k] = (int(f.get('file_location_id', 0)), int(f.get('parent_frame_id', 1)) - 1)
 
+  short = lambda f, line: f"{f[f.rfind(f'{package}/'):] if package in f else '/'.join(f.split('/')[-3:])}:{line}"
+
+  @functools.cache  # many instructions share a stack frame
   def source(frame: int) -> str | None:
     stack, seen = [], set()
     while frame in frames and frame not in seen:  # innermost first
@@ -89,7 +93,6 @@ def hlo_ops(hlo_text: str, package: str = 'saxgpt_jax') -> dict[str, dict[str, s
       frame = frames[frame][1]
     if not stack:
       return None
-    short = lambda f, line: f"{f[f.rfind(f'{package}/'):] if package in f else '/'.join(f.split('/')[-3:])}:{line}"
     ours = [(f, line) for f, line in stack if f'/{package}/' in f or f.startswith(f'{package}/')]
     if not ours or ours[0] == stack[0]:
       return short(*stack[0])
@@ -131,14 +134,13 @@ def summarize(trace_file: str | Path, calls: int = 1, top: int = 15,
     micros[name] += e['dur']
     kind_ms[kind] += e['dur']
     source_ms[info.get('source') or (f'(library kernel: {kind})' if name not in ops else '(no source)')] += e['dur']
-  per_call = lambda counter: {key: us / calls / 1e3 for key, us in counter.most_common(top)}
   result = {'trace': str(trace_file), 'ops_per_call': len(events) / calls,
             'op_ms_per_call': sum(micros.values()) / calls / 1e3,
             'kind_ms_per_call': {kind: us / calls / 1e3 for kind, us in kind_ms.most_common()},
             'top_ops': {name: {'count_per_call': count[name] / calls, 'ms_per_call': us / calls / 1e3}
                         for name, us in micros.most_common(top)}}
   if ops:
-    result['top_sources'] = per_call(source_ms)
+    result['top_sources'] = {source: us / calls / 1e3 for source, us in source_ms.most_common(top)}
   return result
 
 
