@@ -13,6 +13,7 @@ LayerNorm, softmax statistics and logits are float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -152,7 +153,7 @@ def layer_norm(x: Array, scale: Array, bias: Array) -> Array:
   """LayerNorm over the last axis of x [..., D] -> float32 [..., D].
 
   Its gradient is written out (`_layer_norm_bwd`): the textbook form, two row means and two column sums
-  from x and the saved per-row mean and rstd, which is all the backward pass keeps. With `gelu`'s, this
+  from x and the saved per-row mean and rstd, which is all the backward pass keeps. With GELU's, this
   cut the activations of the xlarge bf16 batch-16 step on an H100 from 32.9 to 22.8 GB; its time stayed
   the same (LayerNorm backward is still ~17 ms of it there, BENCHMARKS.md).
   """
@@ -177,26 +178,66 @@ def _layer_norm_bwd(res, g):
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
-@jax.custom_vjp
-def gelu(x: Array) -> Array:
-  """Exact (erf) GELU, x * Phi(x), in x's dtype. Its gradient is written out so that the backward pass
-  keeps only x: autodiff of `jax.nn.gelu` kept two more arrays of x's size (its erfc and exp terms), each
-  [B, T, F] written in the forward pass and read back in the backward."""
-  return jax.nn.gelu(x, approximate=False)
+def activation(z: Array, kind: str) -> Array:
+  """'relu' or exact (erf) 'gelu', x * Phi(x), in z's dtype."""
+  return jax.nn.relu(z) if kind == 'relu' else jax.nn.gelu(z, approximate=False)
 
 
-def _gelu_fwd(x):
-  return gelu(x), x
+def _activation_grad(z: Array, kind: str) -> Array:
+  """float32 d activation(z) / dz."""
+  z32 = z.astype(jnp.float32)
+  if kind == 'relu':
+    return (z32 > 0).astype(jnp.float32)
+  cdf = 0.5 * jax.lax.erfc(-z32 * np.float32(1 / math.sqrt(2)))
+  pdf = jnp.exp(-0.5 * jnp.square(z32)) * np.float32(1 / math.sqrt(2 * math.pi))
+  return cdf + z32 * pdf
 
 
-def _gelu_bwd(x, g):
-  x32 = x.astype(jnp.float32)
-  cdf = 0.5 * jax.lax.erfc(-x32 * np.float32(1 / math.sqrt(2)))
-  pdf = jnp.exp(-0.5 * jnp.square(x32)) * np.float32(1 / math.sqrt(2 * math.pi))
-  return ((g.astype(jnp.float32) * (cdf + x32 * pdf)).astype(x.dtype),)
+def _drop(h: Array, keep: Array | None, rate: float) -> Array:
+  """Inverted dropout with a given keep mask (as nnx.Dropout applies it); None keeps everything."""
+  return h if keep is None else jax.lax.select(keep, h / jnp.asarray(1.0 - rate, h.dtype), jnp.zeros_like(h))
 
 
-gelu.defvjp(_gelu_fwd, _gelu_bwd)
+def _dots_take_no_transposed_lhs() -> bool:
+  """Whether XLA lowers a dot whose left operand contracts its leading axis as a copy plus a dot: on
+  XLA:CPU its matmul kernels (YNNPACK) take the left operand only as [rows, contracted]."""
+  return jax.default_backend() == 'cpu'
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def activated_dense(z: Array, keep: Array | None, w: Array, kind: str, rate: float) -> Array:
+  """The feed-forward block's second half: dense(dropout(activation(z)), w). z [..., F] before the
+  activation, keep bool [..., F] the dropout mask (None: none), w [F, D] -> [..., D].
+
+  The gradient is written out (`_activated_dense_bwd`) and keeps only z and the mask: the hidden layer
+  h is recomputed, never saved. For the weight gradient dW = h^T g, XLA:CPU needs h transposed in
+  memory; left to itself it fused the transpose into the fusion that computes h and wrote h^T column by
+  column, reading z and three saved pieces of erf in column order (~375 ms a layer of the large f32
+  step, 25x the same fusion row by row). Here h^T is computed from z transposed: one strided input, the
+  activation and mask evaluated in the output's order.
+  """
+  return dense(_drop(activation(z, kind), keep, rate), w)
+
+
+def _activated_dense_fwd(z, keep, w, kind, rate):
+  return activated_dense(z, keep, w, kind, rate), (z, keep, w)
+
+
+def _activated_dense_bwd(kind, rate, res, g):
+  z, keep, w = res
+  rows, f = tuple(range(z.ndim - 1)), z.shape[-1]
+  if _dots_take_no_transposed_lhs():
+    transposed = lambda a: None if a is None else a.reshape(-1, f).T  # [F, rows]
+    h_t = _drop(activation(transposed(z), kind), transposed(keep), rate)
+    dw = jax.lax.dot_general(h_t, g.reshape(-1, g.shape[-1]), (((1,), (0,)), ((), ())))
+  else:
+    dw = jax.lax.dot_general(_drop(activation(z, kind), keep, rate), g, ((rows, rows), ((), ())))
+  dh = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))  # [..., F]
+  dz = _drop(dh, keep, rate).astype(jnp.float32) * _activation_grad(z, kind)
+  return dz.astype(z.dtype), None, dw.astype(w.dtype)
+
+
+activated_dense.defvjp(_activated_dense_fwd, _activated_dense_bwd)
 
 
 class LayerNorm(nnx.Module):
@@ -216,6 +257,16 @@ def _softmax_attention(logits: Array, visible: Array, value_dtype) -> Array:
   negative float, not -inf, so a fully masked row stays finite)."""
   logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
   return jax.nn.softmax(logits, axis=-1).astype(value_dtype)
+
+
+def _unnormalized_softmax(logits: Array, visible: Array) -> tuple[Array, Array]:
+  """`_softmax_attention` before its division: float32 exp(logits - row max) [..., S] (masked keys as
+  there) and the row sums [..., 1]. Attention divides its [.., H] output by the sums instead of the
+  [..., S] probabilities: one pass over the scores less each way, and no [B, N, T, S] broadcast of the
+  reciprocal sums, which the large f32 train step on XLA:CPU materialised for its backward pass."""
+  logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
+  weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+  return weights, weights.sum(-1, keepdims=True)
 
 
 def _uses_cudnn(cfg: ModelConfig) -> bool:
@@ -300,7 +351,8 @@ class Attention(nnx.Module):
     memory, and the causal half is skipped. The key mask goes in as per-row key lengths, so it must be a
     prefix of real frames, as `delay.delayed_window` makes it (a row with none attends to its first key;
     its targets are all padding). Elsewhere ('xla', float32, CPU/TPU) it is the same math written out:
-    scores in float32, masked softmax, optional dropout of the probabilities. On CPU the written-out form
+    scores in float32, masked softmax (divided by its sums after the value product,
+    `_unnormalized_softmax`), optional dropout of the probabilities. On CPU the written-out form
     made the large train step ~10% faster than jax.nn's XLA implementation, whose per-head vmap adds
     copies of the [B, N, T, S] scores.
     """
@@ -312,14 +364,15 @@ class Attention(nnx.Module):
     visible = jnp.ones((), bool) if mask is None else mask
     if is_causal:
       visible = visible & jnp.tril(jnp.ones(logits.shape[-2:], bool))
-    probs = _softmax_attention(logits, visible, v_bsnh.dtype)
-    if dropout:
-      probs = self.dropout(probs, deterministic=False, rngs=rngs)
-    return self.project_out(jnp.einsum('BNTS,BSNH->BTNH', probs, v_bsnh))
+    weights, sums = _unnormalized_softmax(logits, visible)  # [B, N, T, S], [B, N, T, 1]
+    if dropout:  # dropping probabilities = dropping their numerators
+      weights = self.dropout(weights, deterministic=False, rngs=rngs)
+    o = jnp.einsum('BNTS,BSNH->BTNH', weights.astype(v_bsnh.dtype), v_bsnh, preferred_element_type=jnp.float32)
+    return self.project_out((o / sums.transpose(0, 2, 1, 3)).astype(v_bsnh.dtype))
 
 
 class FeedForward(nnx.Module):
-  """linear1 -> activation -> dropout -> linear2, with biases."""
+  """linear1 -> activation -> dropout -> linear2, with biases (the last three: `activated_dense`)."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -329,14 +382,14 @@ class FeedForward(nnx.Module):
     self.b1 = _param(rngs, _zeros, (f,), ('mlp',), pdt)
     self.w2 = _param(rngs, _normal, (f, d), ('mlp', 'embed'), pdt)
     self.b2 = _param(rngs, _zeros, (d,), ('embed',), pdt)
-    self.dropout = nnx.Dropout(cfg.dropout)
 
   def __call__(self, x_btd: Array, deterministic: bool, rngs: nnx.Rngs | None) -> Array:
-    dt = self.cfg.dtype
-    h = dense_in(x_btd, self.w1[...], dt) + self.b1[...].astype(dt)
-    h = jax.nn.relu(h) if self.cfg.activation == 'relu' else gelu(h)
-    h = self.dropout(h, deterministic=deterministic, rngs=rngs)
-    return dense_in(h, self.w2[...], dt) + self.b2[...].astype(dt)
+    cfg, dt = self.cfg, self.cfg.dtype
+    z = dense_in(x_btd, self.w1[...], dt) + self.b1[...].astype(dt)
+    keep = None  # the dropout mask of the hidden layer, drawn as nnx.Dropout draws it
+    if not deterministic and cfg.dropout > 0:
+      keep = jax.random.bernoulli(rngs.dropout(), 1.0 - cfg.dropout, z.shape)
+    return activated_dense(z, keep, self.w2[...].astype(dt), cfg.activation, cfg.dropout) + self.b2[...].astype(dt)
 
 
 class EncoderLayer(nnx.Module):

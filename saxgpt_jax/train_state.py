@@ -113,7 +113,7 @@ def _state_shardings(abstract_params_state: nnx.State, abstract_state: TrainStat
   return TrainState(step=replicated, params=params, opt_state=opt_state, rng=replicated)
 
 
-DROPOUT_RNGS = ('threefry2x32', 'rbg', 'unsafe_rbg')
+DROPOUT_RNGS = ('threefry2x32', 'philox4x32', 'rbg', 'unsafe_rbg')
 
 
 def dropout_rng(train_config: ml_collections.ConfigDict) -> str:

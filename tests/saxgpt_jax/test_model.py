@@ -247,22 +247,37 @@ def _plain_layer_norm(x, scale, bias):
   return (x32 - mean) * jax.lax.rsqrt(jnp.square(x32 - mean).mean(-1, keepdims=True) + 1e-5) * scale + bias
 
 
+def _plain_activated_dense(z, keep, w, kind, rate):
+  h = jax.nn.relu(z) if kind == 'relu' else jax.nn.gelu(z, approximate=False)
+  h = h if keep is None else jnp.where(keep, h / (1 - rate), 0).astype(h.dtype)
+  return jnp.einsum('BTF,FD->BTD', h, w)
+
+
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
-def test_layer_norm_and_gelu_written_out_gradients_equal_autodiff(dtype):
-  """`model.layer_norm` and `model.gelu` compute what autodiff of the plain formulas computes, values and
-  gradients (x in float32 and bfloat16; LayerNorm's scale and bias float32)."""
+@pytest.mark.parametrize('transposed_lhs_copies', [True, False], ids=['cpu-form', 'gpu-form'])
+def test_layer_norm_and_feed_forward_written_out_gradients_equal_autodiff(dtype, transposed_lhs_copies,
+                                                                          monkeypatch):
+  """`model.layer_norm` and `model.activated_dense` (GELU or ReLU, with and without a dropout mask)
+  compute what autodiff of the plain formulas computes, values and gradients, in float32 and bfloat16,
+  with either form of the weight gradient (h^T from z transposed, as on CPU, or h contracted over rows)."""
+  monkeypatch.setattr(model_lib, '_dots_take_no_transposed_lhs', lambda: transposed_lhs_copies)
   rng = np.random.default_rng(3)
   x = jnp.asarray(3 * rng.standard_normal((2, 5, 16)) + 1, dtype)
   scale, bias = (jnp.asarray(rng.standard_normal(16), jnp.float32) for _ in range(2))
-  g = jnp.asarray(rng.standard_normal((2, 5, 16)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((16, 8)) / 4, dtype)
+  keep = jnp.asarray(rng.random((2, 5, 16)) > 0.3)
   tol = dict(rtol=1e-5, atol=1e-5) if dtype == 'float32' else dict(rtol=2e-2, atol=2e-2)
-  cases = [(model_lib.layer_norm, _plain_layer_norm, (x, scale, bias)),
-           (model_lib.gelu, lambda x: jax.nn.gelu(x, approximate=False), (x,))]
+  cases = [(model_lib.layer_norm, _plain_layer_norm, (x, scale, bias))]
+  for kind in ('gelu', 'relu'):
+    for mask in (keep, None):
+      cases.append((lambda z, w, m=mask, k=kind: model_lib.activated_dense(z, m, w, k, 0.3),
+                    lambda z, w, m=mask, k=kind: _plain_activated_dense(z, m, w, k, 0.3), (x, w)))
   for ours, plain, args in cases:
+    g = jnp.asarray(rng.standard_normal(ours(*args).shape), jnp.float32)
     loss = lambda f: jax.jit(jax.value_and_grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32) * g),
                                                  argnums=tuple(range(len(args)))))
     (v_o, g_o), (v_p, g_p) = loss(ours)(*args), loss(plain)(*args)
-    np.testing.assert_allclose(v_o, v_p, rtol=1e-6)
+    np.testing.assert_allclose(v_o, v_p, rtol=1e-6 if dtype == 'float32' else 1e-2)
     for a, b in zip(g_o, g_p, strict=True):
       assert a.dtype == b.dtype and a.shape == b.shape
       np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), **tol)

@@ -68,7 +68,7 @@ def test_config_errors_are_clear_and_early(data_dir, tmp_path):
     train.validate_config(bad, 8)
   message = str(error.value)
   for expected in ('num_heads=5 does not divide', 'mesh', 'max_seq_len=20', 'no TFDS dataset',
-                   "dropout_rng='philox' must be one of threefry2x32, rbg"):
+                   "dropout_rng='philox' must be one of threefry2x32, philox4x32, rbg"):
     assert expected in message, message
   with pytest.raises(train.ConfigError, match='not divisible by mesh.data'):
     train.validate_config(make_config(data_dir, **{'train.num_microbatches': 3}), 8)
