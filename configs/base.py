@@ -65,8 +65,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eps = 1e-9
   c.train.weight_decay = 0.01
   c.train.grad_clip_norm = 1.0
-  # JAX PRNG of the dropout masks: 'rbg' (XLA's RngBitGenerator: cheaper bits, not bit-identical across
-  # backends or XLA versions), 'unsafe_rbg', or 'threefry2x32' (JAX's default, the same bits everywhere).
+  # JAX PRNG of the dropout masks: 'threefry2x32' (JAX's default, the same bits everywhere), 'philox4x32'
+  # (Random123's Philox, as cuRAND and PyTorch use; also the same bits everywhere; XLA recomputes its bits
+  # where they are used instead of storing them: 15% less activation memory in the large CPU step, the same
+  # step time, a longer compile; BENCHMARKS.md), 'rbg' (XLA's RngBitGenerator: not bit-identical across
+  # backends or XLA versions) or 'unsafe_rbg'.
   c.train.dropout_rng = 'threefry2x32'
   c.train.log_every = 50
   c.train.eval_every = 1_000

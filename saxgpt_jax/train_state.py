@@ -123,7 +123,8 @@ def dropout_rng(train_config: ml_collections.ConfigDict) -> str:
 
 def dropout_key(key: jax.Array, impl: str) -> jax.Array:
   """The dropout key of a microbatch in JAX PRNG `impl`, drawn from its threefry key (the checkpointed
-  stream). 'rbg' makes the masks' random bits with XLA's RngBitGenerator instead of threefry hashing:
+  stream). 'philox4x32' hashes with JAX's Philox instead of threefry (the same bits on every backend);
+  'rbg' makes the masks' random bits with XLA's RngBitGenerator instead of threefry hashing:
   the same seed gives the same masks on one backend, but the bits differ across backends and XLA
   versions (configs/base.py `train.dropout_rng`)."""
   if impl == 'threefry2x32':
