@@ -252,21 +252,22 @@ class LayerNorm(nnx.Module):
     return layer_norm(x, self.scale[...], self.bias[...])
 
 
-def _softmax_attention(logits: Array, visible: Array, value_dtype) -> Array:
-  """Masked softmax in float32, as jax.nn.dot_product_attention computes it (masked keys get the most
-  negative float, not -inf, so a fully masked row stays finite)."""
-  logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
-  return jax.nn.softmax(logits, axis=-1).astype(value_dtype)
-
-
 def _unnormalized_softmax(logits: Array, visible: Array) -> tuple[Array, Array]:
-  """`_softmax_attention` before its division: float32 exp(logits - row max) [..., S] (masked keys as
-  there) and the row sums [..., 1]. Attention divides its [.., H] output by the sums instead of the
-  [..., S] probabilities: one pass over the scores less each way, and no [B, N, T, S] broadcast of the
-  reciprocal sums, which the large f32 train step on XLA:CPU materialised for its backward pass."""
+  """Masked softmax in float32 before its division, as jax.nn.softmax computes it: exp(logits - row max)
+  [..., S] and the row sums [..., 1]. Masked keys get the most negative float, not -inf, as in
+  jax.nn.dot_product_attention, so a fully masked row stays finite. Full-sequence attention divides its
+  [..., H] output by the sums instead of the [..., S] probabilities: one pass over the scores less each
+  way, and no [B, N, T, S] broadcast of the reciprocal sums, which the large f32 train step on XLA:CPU
+  materialised for its backward pass."""
   logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
   weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
   return weights, weights.sum(-1, keepdims=True)
+
+
+def _softmax_attention(logits: Array, visible: Array, value_dtype) -> Array:
+  """The masked softmax probabilities [..., S] in `value_dtype` (the decode step's attention)."""
+  weights, sums = _unnormalized_softmax(logits, visible)
+  return (weights / sums).astype(value_dtype)
 
 
 def _uses_cudnn(cfg: ModelConfig) -> bool:
