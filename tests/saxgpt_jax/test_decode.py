@@ -175,21 +175,29 @@ def test_samples_are_reproducible_independent_and_never_recompile(small_model):
   assert ((a[:, :, :, :5] == PAD) == (np.arange(5)[None, :] <= np.arange(4)[:, None])[None, None]).all()
 
 
-def test_cached_steps_sharing_cross_attention_between_samples_equal_full_forward(small_model):
+@pytest.mark.parametrize('few_rows', [False, True], ids=['as-stored', 'few-rows-layout'])
+def test_cached_steps_sharing_cross_attention_between_samples_equal_full_forward(small_model, few_rows):
   """G samples per backing share its cross K/V; with a padded backing each row still equals the full
-  forward pass on its own (repeated) backing."""
+  forward pass on its own (repeated) backing. Also with the loop's few-rows layout
+  (`decode.few_rows_layout`): output-first kernels and cross K/V as left operands."""
   rng = np.random.default_rng(5)
   b, g, t = 2, 3, 8
   src = jnp.asarray(rng.integers(0, 2048, (b, 4, 12)))
   mask = jnp.asarray(np.arange(12)[None] < np.array([[12], [7]]))
   tgt = jnp.asarray(rng.integers(0, 2048, (b * g, 4, t)))  # every sample has its own tokens
   full = small_model(jnp.repeat(src, g, axis=0), tgt, jnp.repeat(mask, g, axis=0))
-  cache = small_model.init_cache(small_model.encode(src, mask), mask, max_len=t, num_samples=g)
+  cache = small_model.init_cache(small_model.encode(src, mask), mask, max_len=t, num_samples=g, cross_left=few_rows)
   assert cache.cross_k[0].shape[0] == b * small_model.cfg.num_heads  # stored once per backing
+  stepping = small_model
+  if few_rows:
+    graphdef, state = nnx.split(small_model)
+    stepping = nnx.merge(graphdef, decode.kernels_in_compute_dtype(state, jnp.float32, out_first=True))
+    assert stepping.decoder_layers[0].self_attn.out[...].shape == (32, 32) and model_lib.is_out_first(stepping.head_w)
+    assert stepping.head_w[...].shape == (4, 2048, 32) and cache.cross_k[0].shape[1:] == (12, 16)
   step = nnx.jit(lambda m, tok, p, c: m.decode_step(tok, p, c))
   logits = []
   for p in range(t):
-    lg, cache = step(small_model, tgt[:, :, p], jnp.int32(p), cache)
+    lg, cache = step(stepping, tgt[:, :, p], jnp.int32(p), cache)
     logits.append(lg)
   got = jnp.stack(logits, axis=2)
   assert float(jnp.abs(got - full).max() / jnp.abs(full).max()) <= 1e-5
