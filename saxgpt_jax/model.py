@@ -133,7 +133,7 @@ MATMUL_KERNELS = {'qkv': 1, 'q': 1, 'kv': 1, 'out': 2, 'w1': 1, 'w2': 1, 'head_w
 
 def dense_out_first(x: Array, w: Array, dtype: Any) -> Array:
   """x [..., I] times a kernel stored output-first, w [*O, I] -> [..., *O] in `dtype` (no gradient
-  rule of its own: the decode loop's matmuls, `decode.loop_kernels`).
+  rule of its own: the decode loop's matmuls, `decode.kernels_in_compute_dtype(out_first=True)`).
 
   The product is formed as w x^T [O, rows], with the kernel as the left operand, and transposed back.
   XLA:CPU's matmul kernels repack their right operand at every call; with a few rows, repacking a
@@ -148,7 +148,7 @@ def dense_out_first(x: Array, w: Array, dtype: Any) -> Array:
 
 
 def is_out_first(p: nnx.Variable) -> bool:
-  """Whether a kernel parameter holds its output-first copy (`decode.loop_kernels`)."""
+  """Whether a kernel parameter holds its output-first copy (`decode.kernels_in_compute_dtype`)."""
   return bool(p.get_metadata().get('out_first'))
 
 
