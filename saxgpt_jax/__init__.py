@@ -2,13 +2,14 @@
 
 Importing this package never imports torch: `saxgpt_jax.convert_torch` and the torch benchmark
 reference import it lazily, and only they do. Run as `python -m saxgpt_jax.<tool>`, the package first
-restarts the process once with glibc's malloc on transparent huge pages (`saxgpt_jax/host_memory.py`).
+restarts the process once with a malloc that reuses freed memory (jemalloc where installed, else glibc on
+transparent huge pages; `saxgpt_jax/host_memory.py`).
 """
 
 __version__ = '0.1.0'
 
 from saxgpt_jax import host_memory as _host_memory
 
-# `python -m saxgpt_jax.<tool>`: restart once with glibc's malloc on huge pages (host_memory says why).
+# `python -m saxgpt_jax.<tool>`: restart once with a tuned malloc (host_memory says why).
 if (_host_memory.command_line_module() or '').startswith('saxgpt_jax.'):
-  _host_memory.reexec_with_huge_pages()
+  _host_memory.reexec_with_tuned_malloc()

@@ -1,24 +1,36 @@
-"""Start-up of the command-line tools: glibc's malloc on transparent huge pages.
+"""Start-up of the command-line tools: a malloc that does not make the kernel zero every buffer again.
 
 XLA:CPU allocates the buffers of a compiled call afresh on every call, and glibc serves each allocation
-over 32 MiB with a new mmap, so every training step page-faults its whole working set again, 4 KiB at a
-time: one [2, 8, 1505, 1505] float32 buffer of attention scores is 35k faults (~60 ms on the 2-core VM of
-BENCHMARKS.md), more than the arithmetic that fills it. glibc >= 2.35 can back those mappings with
-transparent huge pages (tunable `glibc.malloc.hugetlb=1`: 512x fewer faults). glibc reads its tunables
-once, at process start, so `reexec_with_huge_pages()` restarts the command with GLIBC_TUNABLES set before
-it does any work. `saxgpt_jax/__init__.py` calls it when the process is `python -m saxgpt_jax.<tool>` (train,
-generate, evaluate, bench, demo, ...), before jax is imported; importing the package from other programs
-changes nothing. Set SAXGPT_MALLOC_HUGE_PAGES=0 to keep the default allocator.
+over 32 MiB with a new mmap and unmaps it on free, so every training step faults in, and the kernel
+zeroes, its whole working set again. On the 2-core AMD VM of BENCHMARKS.md the faults were the cost (4 KiB
+at a time: one [2, 8, 1505, 1505] float32 buffer of attention scores is 35k of them); on the AVX-512 Xeon
+of session 8 the zeroing was (45% of a train step's CPU samples in the kernel's clear_page).
+
+`reexec_with_tuned_malloc()` restarts the command once, before it does any work, with
+- jemalloc (LD_PRELOAD, when the dynamic loader finds libjemalloc, e.g. Debian's libjemalloc2) told to
+  keep freed memory for reuse (`JEMALLOC_CONF`): the large step 23.5 -> 19.2 s, peak RSS +5%; or else
+- glibc >= 2.35 with its mappings on transparent huge pages (tunable `glibc.malloc.hugetlb=1`: 512x fewer
+  faults; the large step 33.3 -> 25.6 s on the AMD VM).
+`saxgpt_jax/__init__.py` calls it when the process is `python -m saxgpt_jax.<tool>` (train, generate,
+evaluate, bench, demo, ...), before jax is imported; importing the package from other programs changes
+nothing. SAXGPT_MALLOC=auto (default) | jemalloc | glibc | system chooses; system (or the older
+SAXGPT_MALLOC_HUGE_PAGES=0) keeps the process as started. Settings a user made (MALLOC_CONF,
+glibc.malloc.hugetlb) are kept.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import sys
 from pathlib import Path
 
 TUNABLE = 'glibc.malloc.hugetlb'
-OPT_OUT_VARIABLE = 'SAXGPT_MALLOC_HUGE_PAGES'
+OPT_OUT_VARIABLE = 'SAXGPT_MALLOC_HUGE_PAGES'  # '0': as SAXGPT_MALLOC=system (the older switch)
+ALLOCATOR_VARIABLE = 'SAXGPT_MALLOC'
+ALLOCATORS = ('auto', 'jemalloc', 'glibc', 'system')
+# Never hand freed pages back to the kernel (no decay, retained mappings): the next step reuses them.
+JEMALLOC_CONF = 'dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true'
 _THP_SETTING = Path('/sys/kernel/mm/transparent_hugepage/enabled')
 
 
@@ -77,16 +89,53 @@ def command_line_module(argv: list[str] | None = None) -> str | None:
   return None
 
 
-def reexec_with_huge_pages() -> None:
-  """Restarts this process (same interpreter and command line) with glibc.malloc.hugetlb=1 added to
-  GLIBC_TUNABLES. Returns without doing anything when the tunable is already set, when the machine
-  cannot use it, or when SAXGPT_MALLOC_HUGE_PAGES=0. Call it before any work is done, as
-  saxgpt_jax/__init__.py does for `python -m saxgpt_jax.<tool>`."""
-  if os.environ.get(OPT_OUT_VARIABLE, '1') == '0' or not huge_pages_supported():
-    return
-  tunables = tunables_with_huge_pages(os.environ.get('GLIBC_TUNABLES', ''))
-  if tunables is None:
+def find_jemalloc() -> str | None:
+  """jemalloc's shared library as Linux's dynamic loader finds it ('libjemalloc.so.2'), or None."""
+  return ctypes.util.find_library('jemalloc') if sys.platform.startswith('linux') else None
+
+
+def tuned_environment(environ: dict[str, str]) -> dict[str, str] | None:
+  """The environment to restart a tool with (see the module docstring), or None to run it as started."""
+  choice = 'system' if environ.get(OPT_OUT_VARIABLE) == '0' else environ.get(ALLOCATOR_VARIABLE, 'auto')
+  if choice not in ALLOCATORS:
+    raise SystemExit(f'{ALLOCATOR_VARIABLE}={choice!r} is not one of {", ".join(ALLOCATORS)}.')
+  if choice == 'system':
+    return None
+  if choice in ('auto', 'jemalloc'):
+    library = find_jemalloc()
+    if library is None and choice == 'jemalloc':
+      raise SystemExit(f'{ALLOCATOR_VARIABLE}=jemalloc, but the dynamic loader finds no libjemalloc: install '
+                       f'it (Debian/Ubuntu: apt install libjemalloc2) or set {ALLOCATOR_VARIABLE}=auto.')
+    if library is not None:
+      preload = environ.get('LD_PRELOAD', '')
+      if 'jemalloc' in preload:
+        return None
+      return {**environ, 'LD_PRELOAD': ' '.join(p for p in (library, preload) if p),
+              'MALLOC_CONF': environ.get('MALLOC_CONF', JEMALLOC_CONF)}
+  if not huge_pages_supported():
+    return None
+  tunables = tunables_with_huge_pages(environ.get('GLIBC_TUNABLES', ''))
+  return None if tunables is None else {**environ, 'GLIBC_TUNABLES': tunables}
+
+
+def allocator_in_use() -> str:
+  """'jemalloc' when it is loaded in this process, 'glibc-hugetlb' or 'glibc' otherwise (bench JSON)."""
+  try:
+    with open('/proc/self/maps') as f:
+      if 'jemalloc' in f.read():
+        return 'jemalloc'
+  except OSError:
+    pass
+  return 'glibc-hugetlb' if huge_pages_active() else 'glibc'
+
+
+def reexec_with_tuned_malloc() -> None:
+  """Restarts this process (same interpreter and command line) in `tuned_environment`; returns without
+  doing anything when that is None. Call it before any work is done, as saxgpt_jax/__init__.py does for
+  `python -m saxgpt_jax.<tool>`."""
+  environ = tuned_environment(dict(os.environ))
+  if environ is None:
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, sys.orig_argv, {**os.environ, 'GLIBC_TUNABLES': tunables})
+  os.execve(sys.executable, sys.orig_argv, environ)

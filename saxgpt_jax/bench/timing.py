@@ -52,7 +52,8 @@ def machine() -> dict[str, object]:
   return {'platform': device.platform, 'device_kind': device.device_kind, 'num_devices': jax.device_count(),
           'cpu': cpu, 'cpu_cores': os.cpu_count(), 'jax': jax.__version__,
           'load_avg_1min': os.getloadavg()[0],  # other work on the machine while measuring
-          'malloc_huge_pages': host_memory.huge_pages_active(),  # saxgpt_jax/host_memory.py
+          'malloc': host_memory.allocator_in_use(),  # saxgpt_jax/host_memory.py
+          'malloc_huge_pages': host_memory.huge_pages_active(),
           'date': time.strftime('%Y-%m-%d %H:%M %Z')}
 
 
