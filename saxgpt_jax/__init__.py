@@ -2,8 +2,8 @@
 
 Importing this package never imports torch: `saxgpt_jax.convert_torch` and the torch benchmark
 reference import it lazily, and only they do. Run as `python -m saxgpt_jax.<tool>`, the package first
-restarts the process once with a malloc that reuses freed memory (jemalloc where installed, else glibc on
-transparent huge pages; `saxgpt_jax/host_memory.py`).
+restarts the process once with a tuned malloc (glibc on transparent huge pages, or jemalloc with
+SAXGPT_MALLOC=jemalloc; `saxgpt_jax/host_memory.py`).
 """
 
 __version__ = '0.1.0'

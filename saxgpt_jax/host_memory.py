@@ -7,13 +7,14 @@ at a time: one [2, 8, 1505, 1505] float32 buffer of attention scores is 35k of t
 of session 8 the zeroing was (45% of a train step's CPU samples in the kernel's clear_page).
 
 `reexec_with_tuned_malloc()` restarts the command once, before it does any work, with
-- jemalloc (LD_PRELOAD, when the dynamic loader finds libjemalloc, e.g. Debian's libjemalloc2) told to
-  keep freed memory for reuse (`JEMALLOC_CONF`): the large step 23.5 -> 19.2 s, peak RSS +5%; or else
 - glibc >= 2.35 with its mappings on transparent huge pages (tunable `glibc.malloc.hugetlb=1`: 512x fewer
-  faults; the large step 33.3 -> 25.6 s on the AMD VM).
+  faults; the large step 33.3 -> 25.6 s on the AMD VM), the default; or, with SAXGPT_MALLOC=jemalloc,
+- jemalloc (LD_PRELOAD, found by the dynamic loader, e.g. Debian's libjemalloc2) told to keep freed memory
+  for reuse (`JEMALLOC_CONF`): on the Xeon the large step took 17.2-19.2 s against 21.2-23.9 s, but one
+  run of three peaked at 19.5 GB RSS instead of ~11 GB, so it is a choice, not the default.
 `saxgpt_jax/__init__.py` calls it when the process is `python -m saxgpt_jax.<tool>` (train, generate,
 evaluate, bench, demo, ...), before jax is imported; importing the package from other programs changes
-nothing. SAXGPT_MALLOC=auto (default) | jemalloc | glibc | system chooses; system (or the older
+nothing. SAXGPT_MALLOC=glibc (default) | jemalloc | system chooses; system (or the older
 SAXGPT_MALLOC_HUGE_PAGES=0) keeps the process as started. Settings a user made (MALLOC_CONF,
 glibc.malloc.hugetlb) are kept.
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 TUNABLE = 'glibc.malloc.hugetlb'
 OPT_OUT_VARIABLE = 'SAXGPT_MALLOC_HUGE_PAGES'  # '0': as SAXGPT_MALLOC=system (the older switch)
 ALLOCATOR_VARIABLE = 'SAXGPT_MALLOC'
-ALLOCATORS = ('auto', 'jemalloc', 'glibc', 'system')
+ALLOCATORS = ('glibc', 'jemalloc', 'system')
 # Never hand freed pages back to the kernel (no decay, retained mappings): the next step reuses them.
 JEMALLOC_CONF = 'dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true'
 _THP_SETTING = Path('/sys/kernel/mm/transparent_hugepage/enabled')
@@ -96,22 +97,21 @@ def find_jemalloc() -> str | None:
 
 def tuned_environment(environ: dict[str, str]) -> dict[str, str] | None:
   """The environment to restart a tool with (see the module docstring), or None to run it as started."""
-  choice = 'system' if environ.get(OPT_OUT_VARIABLE) == '0' else environ.get(ALLOCATOR_VARIABLE, 'auto')
+  choice = 'system' if environ.get(OPT_OUT_VARIABLE) == '0' else environ.get(ALLOCATOR_VARIABLE, 'glibc')
   if choice not in ALLOCATORS:
     raise SystemExit(f'{ALLOCATOR_VARIABLE}={choice!r} is not one of {", ".join(ALLOCATORS)}.')
   if choice == 'system':
     return None
-  if choice in ('auto', 'jemalloc'):
+  if choice == 'jemalloc':
     library = find_jemalloc()
-    if library is None and choice == 'jemalloc':
+    if library is None:
       raise SystemExit(f'{ALLOCATOR_VARIABLE}=jemalloc, but the dynamic loader finds no libjemalloc: install '
-                       f'it (Debian/Ubuntu: apt install libjemalloc2) or set {ALLOCATOR_VARIABLE}=auto.')
-    if library is not None:
-      preload = environ.get('LD_PRELOAD', '')
-      if 'jemalloc' in preload:
-        return None
-      return {**environ, 'LD_PRELOAD': ' '.join(p for p in (library, preload) if p),
-              'MALLOC_CONF': environ.get('MALLOC_CONF', JEMALLOC_CONF)}
+                       f'it (Debian/Ubuntu: apt install libjemalloc2) or unset {ALLOCATOR_VARIABLE}.')
+    preload = environ.get('LD_PRELOAD', '')
+    if 'jemalloc' in preload:
+      return None
+    return {**environ, 'LD_PRELOAD': ' '.join(p for p in (library, preload) if p),
+            'MALLOC_CONF': environ.get('MALLOC_CONF', JEMALLOC_CONF)}
   if not huge_pages_supported():
     return None
   tunables = tunables_with_huge_pages(environ.get('GLIBC_TUNABLES', ''))

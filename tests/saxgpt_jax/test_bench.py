@@ -95,8 +95,7 @@ def test_train_reports_throughput_mfu_compile_and_torch_ratio(results):
   assert any(source.startswith('saxgpt_jax/model.py:') for source in r['jax']['profile']['top_sources'])
   assert r['machine']['platform'] == 'cpu' and r['machine']['num_devices'] == 1
   # `python -m saxgpt_jax.bench` restarted itself with a tuned malloc (saxgpt_jax/host_memory.py)
-  expected = ('jemalloc' if host_memory.find_jemalloc() else
-              'glibc-hugetlb' if host_memory.huge_pages_supported() else 'glibc')
+  expected = 'glibc-hugetlb' if host_memory.huge_pages_supported() else 'glibc'
   assert r['machine']['malloc'] == expected
   assert r['machine']['malloc_huge_pages'] == (expected == 'glibc-hugetlb')
 

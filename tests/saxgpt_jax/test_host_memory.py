@@ -1,5 +1,5 @@
-"""saxgpt_jax.host_memory: the command-line tools restart with a malloc that reuses freed memory (jemalloc where
-installed, else glibc on transparent huge pages)."""
+"""saxgpt_jax.host_memory: the command-line tools restart with glibc's malloc on transparent huge pages, or with
+jemalloc keeping freed memory (SAXGPT_MALLOC=jemalloc)."""
 
 import os
 import subprocess
@@ -62,44 +62,42 @@ def test_command_line_module(argv, module):
   assert host_memory.command_line_module(argv) == module
 
 
-def test_tuned_environment_prefers_jemalloc_and_keeps_what_a_user_set(monkeypatch):
+def test_tuned_environment_chooses_as_told_and_keeps_what_a_user_set(monkeypatch):
   monkeypatch.setattr(host_memory, 'find_jemalloc', lambda: 'libjemalloc.so.2')
-  env = host_memory.tuned_environment({'PATH': '/bin'})
-  assert env == {'PATH': '/bin', 'LD_PRELOAD': 'libjemalloc.so.2', 'MALLOC_CONF': host_memory.JEMALLOC_CONF}
+  jemalloc = {host_memory.ALLOCATOR_VARIABLE: 'jemalloc'}
+  env = host_memory.tuned_environment({'PATH': '/bin', **jemalloc})
+  assert env == {'PATH': '/bin', **jemalloc, 'LD_PRELOAD': 'libjemalloc.so.2', 'MALLOC_CONF': host_memory.JEMALLOC_CONF}
   assert host_memory.tuned_environment(env) is None  # the restarted process does not restart again
-  env = host_memory.tuned_environment({'LD_PRELOAD': 'libother.so', 'MALLOC_CONF': 'narenas:1'})
-  assert env == {'LD_PRELOAD': 'libjemalloc.so.2 libother.so', 'MALLOC_CONF': 'narenas:1'}
-  for off in ({host_memory.ALLOCATOR_VARIABLE: 'system'}, {host_memory.OPT_OUT_VARIABLE: '0'}):
+  env = host_memory.tuned_environment({'LD_PRELOAD': 'libother.so', 'MALLOC_CONF': 'narenas:1', **jemalloc})
+  assert env == {'LD_PRELOAD': 'libjemalloc.so.2 libother.so', 'MALLOC_CONF': 'narenas:1', **jemalloc}
+  for off in ({host_memory.ALLOCATOR_VARIABLE: 'system'}, {host_memory.OPT_OUT_VARIABLE: '0', **jemalloc}):
     assert host_memory.tuned_environment(off) is None
-  glibc = host_memory.tuned_environment({host_memory.ALLOCATOR_VARIABLE: 'glibc'})
-  assert glibc is None or glibc['GLIBC_TUNABLES'] == 'glibc.malloc.hugetlb=1' and 'LD_PRELOAD' not in glibc
-  with pytest.raises(SystemExit, match='is not one of auto, jemalloc, glibc, system'):
+  default = host_memory.tuned_environment({})  # glibc on huge pages where it can, even with jemalloc installed
+  assert default == ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'} if host_memory.huge_pages_supported() else None)
+  with pytest.raises(SystemExit, match='is not one of glibc, jemalloc, system'):
     host_memory.tuned_environment({host_memory.ALLOCATOR_VARIABLE: 'tcmalloc'})
   monkeypatch.setattr(host_memory, 'find_jemalloc', lambda: None)
   with pytest.raises(SystemExit, match='apt install libjemalloc2'):
-    host_memory.tuned_environment({host_memory.ALLOCATOR_VARIABLE: 'jemalloc'})
-  auto = host_memory.tuned_environment({})  # no jemalloc: glibc on huge pages where it can
-  assert auto is None or auto == {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}
+    host_memory.tuned_environment(jemalloc)
 
 
 @pytest.mark.skipif(not host_memory.huge_pages_supported(),
                     reason='needs glibc >= 2.35 and transparent huge pages not set to never')
 def test_glibc_restart_backs_large_mallocs_with_huge_pages_and_can_be_turned_off():
-  tunables, allocator, faults, _ = _probe(**{host_memory.ALLOCATOR_VARIABLE: 'glibc'})
+  tunables, allocator, faults, _ = _probe()
   assert (tunables, allocator) == ('glibc.malloc.hugetlb=1', 'glibc-hugetlb')
   off_tunables, off_allocator, off_faults, off_again = _probe(**{host_memory.OPT_OUT_VARIABLE: '0'})
   assert (off_tunables, off_allocator) == ('', 'glibc') and off_faults >= (64 << 20) // 4096  # 1 per 4 KiB
   assert off_again >= (64 << 20) // 4096  # glibc unmapped the freed 64 MiB: all of it faults (and is zeroed) again
   assert faults < off_faults / 8, (faults, off_faults)
   # a user's own setting is kept, not overridden
-  assert _probe(GLIBC_TUNABLES='glibc.malloc.hugetlb=0', **{host_memory.ALLOCATOR_VARIABLE: 'glibc'})[0] == (
-      'glibc.malloc.hugetlb=0')
+  assert _probe(GLIBC_TUNABLES='glibc.malloc.hugetlb=0')[0] == 'glibc.malloc.hugetlb=0'
 
 
 @pytest.mark.skipif(host_memory.find_jemalloc() is None,
                     reason='needs libjemalloc (Debian/Ubuntu: apt install libjemalloc2); the choice of it is '
                            'tested above without it')
 def test_jemalloc_restart_reuses_freed_memory_without_new_page_faults():
-  tunables, allocator, faults, again = _probe()  # SAXGPT_MALLOC=auto picks jemalloc
+  tunables, allocator, faults, again = _probe(**{host_memory.ALLOCATOR_VARIABLE: 'jemalloc'})
   assert (tunables, allocator) == ('', 'jemalloc') and faults >= (64 << 20) // 4096
   assert again < 64, (faults, again)  # the freed 64 MiB came back without faults: nothing to zero
