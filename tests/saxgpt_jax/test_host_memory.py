@@ -1,6 +1,7 @@
 """saxgpt_jax.host_memory: the command-line tools restart with glibc's malloc on transparent huge pages, or with
 jemalloc keeping freed memory (SAXGPT_MALLOC=jemalloc)."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def _probe(**env) -> tuple[str, str, int, int]:
   environ = {k: v for k, v in os.environ.items() if k not in _VARIABLES}
   out = subprocess.run([sys.executable, '-c', _PROBE], cwd=REPO_ROOT, env={**environ, **env}, capture_output=True,
                        text=True, check=True).stdout.split()
-  return eval(out[0]), out[1], int(out[2]), int(out[3])
+  return ast.literal_eval(out[0]), out[1], int(out[2]), int(out[3])
 
 
 def test_tunables_are_added_once_and_an_explicit_choice_is_kept():
