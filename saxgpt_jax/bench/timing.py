@@ -49,11 +49,11 @@ def machine() -> dict[str, object]:
       cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
   except OSError:
     pass
+  allocator = host_memory.allocator_in_use()  # saxgpt_jax/host_memory.py
   return {'platform': device.platform, 'device_kind': device.device_kind, 'num_devices': jax.device_count(),
           'cpu': cpu, 'cpu_cores': os.cpu_count(), 'jax': jax.__version__,
           'load_avg_1min': os.getloadavg()[0],  # other work on the machine while measuring
-          'malloc': host_memory.allocator_in_use(),  # saxgpt_jax/host_memory.py
-          'malloc_huge_pages': host_memory.huge_pages_active(),
+          'malloc': allocator, 'malloc_huge_pages': allocator == 'glibc-hugetlb',
           'date': time.strftime('%Y-%m-%d %H:%M %Z')}
 
 
