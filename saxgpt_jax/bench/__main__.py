@@ -6,7 +6,8 @@
   data    input pipeline batches/s and frames/s (needs a prepared dataset at config.data.data_dir)
 
 With --reference=torch, train and decode also run the original model in eager PyTorch on the same
-config, batch and length, alternating with JAX, and report JAX's speed-up. --json prints one JSON line.
+config, batch and length, alternating with JAX (in a process of its own, so the two share no heap), and
+report JAX's speed-up. --json prints one JSON line.
 Examples:
   python -m saxgpt_jax.bench decode --config=configs/large.py --batch=1,16 --steps=300 --reference=torch
   python -m saxgpt_jax.bench train --config=configs/large.py --batch=2 --frames=1500 --reference=torch
@@ -36,6 +37,9 @@ _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtyp
 _REFERENCE = flags.DEFINE_enum('reference', '', ['', 'torch'], 'Also run the eager PyTorch reference.')
 _TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads for the reference '
                                       '(0 = torch default: one per core, as JAX).')
+_REFERENCE_IN_PROCESS = flags.DEFINE_bool(
+    'reference_in_process', False, 'Run the reference in this process, sharing the heap with JAX (the method '
+    'before 2026-12-06). Default: a process of its own, alternating call by call (bench/reference_process.py).')
 _RTF_FRAMES = flags.DEFINE_integer('rtf_frames', 1500, 'decode: solo frames of the real-time-factor run '
                                    '(1500 = 30 s at 50 Hz; capped by max_seq_len; 0 = skip).')
 _PEAK_FLOPS = flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s per device for MFU. Default: the data-sheet '
@@ -77,6 +81,7 @@ def run_command(command: str) -> dict:
     result = train.run(config, batch=_single_batch(config.train.global_batch_size),
                        frames=_FRAMES.value or config.data.seq_len, steps=_STEPS.value or 10,
                        warmup=_WARMUP.value, reference=_REFERENCE.value, peak_flops=_PEAK_FLOPS.value,
+                       reference_in_process=_REFERENCE_IN_PROCESS.value, torch_threads=_TORCH_THREADS.value,
                        profile_dir=_PROFILE_DIR.value)
   elif command == 'decode':
     from saxgpt_jax.bench import decode
@@ -88,7 +93,9 @@ def run_command(command: str) -> dict:
       raise app.UsageError(f'--batch: {e}') from None
     result = decode.run(config, batches=rows, steps=_STEPS.value or 300,
                         frames=_FRAMES.value, repeats=_REPEATS.value, warmup=_WARMUP.value,
-                        reference=_REFERENCE.value, rtf_frames=_RTF_FRAMES.value, profile_dir=_PROFILE_DIR.value)
+                        reference=_REFERENCE.value, reference_in_process=_REFERENCE_IN_PROCESS.value,
+                        torch_threads=_TORCH_THREADS.value, rtf_frames=_RTF_FRAMES.value,
+                        profile_dir=_PROFILE_DIR.value)
   else:
     if _REFERENCE.value or _PROFILE_DIR.value:
       raise app.UsageError('--reference and --profile_dir apply to train and decode only')

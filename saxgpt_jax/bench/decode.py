@@ -10,11 +10,12 @@ A row `BxG` (e.g. `--batch=1x16`) decodes G samples of each of B backings in one
 sharing the backing's encoder memory and cross-attention K/V); the reference, which has no such
 sharing, decodes the B*G streams as a batch of repeated backings.
 The torch reference runs its original loop (one eager step per token, KV cache grown by `torch.cat`) on
-the same config, batch, length and sampling, alternating run by run with JAX.
+the same config, batch, length and sampling, alternating run by run with JAX, in a process of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from saxgpt_jax import decode
-from saxgpt_jax.bench import compiles, profile, timing
+from saxgpt_jax.bench import compiles, profile, reference_process, timing
 from saxgpt_jax.bench.inputs import random_batch, random_model
 from saxgpt_jax.delay import delayed_length
 from saxgpt_jax.model import ModelConfig, SaxGPT
@@ -76,13 +77,14 @@ def _jax_runs(model: SaxGPT, src: np.ndarray, steps: int, variants: list, sample
   return generate, lambda: jax.block_until_ready(encode(state, src))
 
 
-def _torch_runs(config: ml_collections.ConfigDict, src: np.ndarray, steps: int):
-  """-> (generate run, encode run) of the eager reference with the config's sampling settings."""
+def _torch_runs(config: ml_collections.ConfigDict, src: np.ndarray, steps: int, jax_platform: str):
+  """-> {'generate', 'encode'} runs of the eager reference with the config's sampling settings (a factory
+  for `reference_process.reference_runs`: built in this process or in the reference's own)."""
   import torch  # only with --reference=torch
 
   from saxgpt_jax.bench import torch_reference
 
-  device = torch_reference.bench_device(jax.default_backend())
+  device = torch_reference.bench_device(jax_platform)
   torch.manual_seed(config.train.seed)
   model = torch_reference.SaxGPTTorch(torch_reference.model_config_from_jax(config.model)).to(device).eval()
   src_t = torch.from_numpy(np.asarray(src, np.int64)).to(device)
@@ -102,7 +104,7 @@ def _torch_runs(config: ml_collections.ConfigDict, src: np.ndarray, steps: int):
       model.memory_kv(model.encode(src_t))
     torch_reference.synchronize(device)
 
-  return generate, encode
+  return {'generate': generate, 'encode': encode}
 
 
 def _timed_once(fn) -> float:
@@ -120,9 +122,11 @@ def _figures(call_s: list[float], encode_s: list[float], batch: int, steps: int)
 
 def run(config: ml_collections.ConfigDict, *, batches: Sequence[int | str] = (1, 16), steps: int = 300,
         frames: int | None = None, repeats: int = 3, warmup: int = 1, reference: str = '',
-        rtf_frames: int = 1500, profile_dir: str = '') -> dict[str, Any]:
-  """Benchmarks `generate` at each batch size (B or 'BxG', see the module docstring); rtf_frames=0 skips
-  the RTF run; with `profile_dir`, traces one more JAX call per row into `profile_dir/<row>`."""
+        reference_in_process: bool = False, torch_threads: int = 0, rtf_frames: int = 1500,
+        profile_dir: str = '') -> dict[str, Any]:
+  """Benchmarks `generate` at each batch size (B or 'BxG', see the module docstring), the reference in a
+  process of its own per row unless `reference_in_process` (`bench/reference_process.py`); rtf_frames=0
+  skips the RTF run; with `profile_dir`, traces one more JAX call per row into `profile_dir/<row>`."""
   rows = {f'batch_{spec}': parse_row(spec) for spec in batches}
   model_cfg = ModelConfig.from_config(config.model)
   k = model_cfg.num_codebooks
@@ -142,6 +146,7 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int | str] = (1,
       'jax': {}}
   if reference == 'torch':
     result['torch'], result['speedup_vs_torch'] = {}, {}
+    result['torch_process'] = 'same' if reference_in_process else 'own'
     if s.top_p:
       result['torch_note'] = 'the torch reference samples without top-p'
 
@@ -155,12 +160,16 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int | str] = (1,
     jax_encode()
     runs = {'jax': jax_generate}
     encodes = {'jax': jax_encode}
-    if reference == 'torch':
-      runs['torch'], encodes['torch'] = _torch_runs(config, np.repeat(src, samples, axis=0), steps)
-    with compiles.watch() as timed:  # new sampling settings and seeds in every JAX call
-      calls = timing.interleaved(runs, repeats=repeats, warmup=warmup)
-    logging.info('decode %s: %s', row, {k: [round(x, 2) for x in v] for k, v in calls.items()})
-    encode_s = timing.interleaved(encodes, repeats=repeats, warmup=0)
+    with contextlib.ExitStack() as stack:
+      if reference == 'torch':
+        torch_runs = reference_process.reference_runs(
+            stack, _torch_runs, config, np.repeat(src, samples, axis=0), steps, jax.default_backend(),
+            in_process=reference_in_process, torch_threads=torch_threads)
+        runs['torch'], encodes['torch'] = torch_runs['generate'], torch_runs['encode']
+      with compiles.watch() as timed:  # new sampling settings and seeds in every JAX call
+        calls = timing.interleaved(runs, repeats=repeats, warmup=warmup)
+      logging.info('decode %s: %s', row, {k: [round(x, 2) for x in v] for k, v in calls.items()})
+      encode_s = timing.interleaved(encodes, repeats=repeats, warmup=0)
     for name in runs:
       result[name][row] = _figures(calls[name], encode_s[name], batch * samples, steps)
     result['jax'][row].update(compile_s=first.compile_s, compiles=first.compiles, first_call_s=first.wall_s,

@@ -10,6 +10,8 @@ src [B, K, frames+K+1], tgt_in/tgt_out [B, K, frames+K]). The torch step does th
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,18 +24,20 @@ from saxgpt_jax import losses
 from saxgpt_jax import sharding as sharding_lib
 from saxgpt_jax import train as train_lib
 from saxgpt_jax import train_state
-from saxgpt_jax.bench import compiles, profile, timing
+from saxgpt_jax.bench import compiles, profile, reference_process, timing
 from saxgpt_jax.bench.inputs import random_batch
 from saxgpt_jax.model import ModelConfig
 
 
-def _torch_step(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray], dtype: str):
-  """-> a callable running one eager PyTorch training step of the reference model."""
+def _torch_step(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray], dtype: str,
+                jax_platform: str) -> dict[str, Callable[[], float]]:
+  """-> {'step': one eager PyTorch training step of the reference model} (a factory for
+  `reference_process.reference_runs`: built in this process or in the reference's own)."""
   import torch  # only with --reference=torch
 
   from saxgpt_jax.bench import torch_reference
 
-  device = torch_reference.bench_device(jax.default_backend())
+  device = torch_reference.bench_device(jax_platform)
   torch.manual_seed(config.train.seed)
   model = torch_reference.SaxGPTTorch(torch_reference.model_config_from_jax(config.model)).to(device).train()
   t = config.train
@@ -52,14 +56,15 @@ def _torch_step(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray],
     opt.step()
     return loss.detach().item()  # .item() waits for the device
 
-  return step
+  return {'step': step}
 
 
 def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: int, warmup: int = 1,
-        reference: str = '', peak_flops: float | None = None, profile_dir: str = '') -> dict[str, Any]:
-  """Times `steps` training steps (after `warmup`), alternating with torch when reference='torch';
-  with `profile_dir`, traces one more JAX step there and writes the step's optimised HLO beside it
-  (`bench/profile.py`)."""
+        reference: str = '', reference_in_process: bool = False, torch_threads: int = 0,
+        peak_flops: float | None = None, profile_dir: str = '') -> dict[str, Any]:
+  """Times `steps` training steps (after `warmup`), alternating with torch when reference='torch' (in a
+  process of its own unless `reference_in_process`; `bench/reference_process.py`); with `profile_dir`,
+  traces one more JAX step there and writes the step's optimised HLO beside it (`bench/profile.py`)."""
   config = ml_collections.ConfigDict(config.to_dict())  # a copy: the benchmark sets batch and length
   config.data.seq_len, config.train.global_batch_size = frames, batch
   train_lib.validate_config(config, jax.device_count(), check_dataset=False)
@@ -83,9 +88,12 @@ def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: in
     jax.block_until_ready(state['metrics'])
 
   runs = {'jax': jax_step}
-  if reference == 'torch':
-    runs['torch'] = _torch_step(config, data, model_cfg.dtype)
-  seconds = timing.interleaved(runs, repeats=steps, warmup=warmup)
+  with contextlib.ExitStack() as stack:
+    if reference == 'torch':
+      runs['torch'] = reference_process.reference_runs(
+          stack, _torch_step, config, data, model_cfg.dtype, jax.default_backend(),
+          in_process=reference_in_process, torch_threads=torch_threads)['step']
+    seconds = timing.interleaved(runs, repeats=steps, warmup=warmup)
 
   flops_per_step = flops_lib.train_flops_per_step(model_cfg, batch, src_len, src_len - 1)
   device = jax.devices()[0]
@@ -113,6 +121,7 @@ def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: in
   if profile_dir:
     result['jax']['profile'] = profile.profile(jax_step, profile_dir, compiled=compiled)
   if 'torch' in result:
+    result['torch_process'] = 'same' if reference_in_process else 'own'
     result['speedup_vs_torch'] = result['jax']['frames_per_s'] / result['torch']['frames_per_s']
   return result
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -45,8 +46,9 @@ def data_dir(tmp_path_factory):
 def results(data_dir, tmp_path_factory):
   profiles = tmp_path_factory.mktemp('profiles')
   commands = {
+      # train: the reference in this process (the older method); decode: in its own (the default).
       'train': ['train', '--batch=2', '--frames=16', '--steps=2', '--warmup=0', '--reference=torch',
-                '--peak_flops=1e11', f'--profile_dir={profiles}/train'],
+                '--reference_in_process', '--peak_flops=1e11', f'--profile_dir={profiles}/train'],
       # steps = rtf_frames + K, so the real-time-factor run reuses the batch-1 compile.
       # batch_1x2: 2 samples of one backing (shared cross K/V); torch decodes the backing twice.
       'decode': ['decode', '--batch=1,1x2', '--steps=20', '--rtf_frames=16', '--repeats=1', '--warmup=0',
@@ -89,6 +91,7 @@ def test_train_reports_throughput_mfu_compile_and_torch_ratio(results):
     assert f['mfu'] == pytest.approx(r['flops_per_step'] / f['step_s'] / 1e11)
   assert r['jax']['compile_s'] > 0 and r['jax']['lower_s'] > 0 and np.isfinite(r['jax']['loss'])
   assert r['speedup_vs_torch'] == pytest.approx(r['jax']['frames_per_s'] / r['torch']['frames_per_s'])
+  assert r['torch_process'] == 'same'
   check_profile(r['jax']['profile'])
   hlo = open(r['jax']['profile']['hlo']).read()
   assert hlo.startswith('HloModule') and 'ENTRY' in hlo
@@ -111,6 +114,7 @@ def test_decode_reports_rates_scaling_rtf_and_no_recompiles(results):
   assert r['jax']['batch_1']['compiles'] >= 1 and r['jax']['batch_1']['compile_s'] > 0
   assert r['recompiles_on_new_sampling'] == 0
   assert r['batch_scaling'] == pytest.approx(r['jax']['batch_1x2']['frames_per_s'] / r['jax']['batch_1']['frames_per_s'])
+  assert r['torch_process'] == 'own'
   assert r['speedup_vs_torch']['batch_1'] == pytest.approx(
       r['jax']['batch_1']['steps_per_s'] / r['torch']['batch_1']['steps_per_s'])
   assert r['rtf']['frames'] == 16 and r['rtf']['rtf'] == pytest.approx(r['rtf']['wall_s'] / (16 / 50))
@@ -225,3 +229,25 @@ def test_compile_watch_counts_recompiles_and_not_cache_hits():
   assert first.compiles >= 1 and first.compile_s > 0 and 'jit(<lambda>)' in first.functions
   assert new_value.compiles == 0
   assert new_shape.functions.count('jit(<lambda>)') == 1
+
+
+def test_reference_process_runs_calls_in_a_child_and_reports_its_failures():
+  import functools
+  import operator
+
+  from saxgpt_jax.bench import reference_process
+
+  # Factories and runs must pickle by reference: builtins and partials of them stand in for the torch model.
+  runs = [('sleep', functools.partial(time.sleep, 0.2)), ('fail', functools.partial(operator.truediv, 1, 0))]
+  with reference_process.ReferenceProcess(dict, runs, torch_threads=1) as ref:
+    assert sorted(ref.runs) == ['fail', 'sleep'] and ref.info['torch_threads'] == 1
+    start = time.perf_counter()
+    ref.runs['sleep']()  # waits for the child
+    assert time.perf_counter() - start >= 0.2
+    with pytest.raises(reference_process.ReferenceFailed, match='ZeroDivisionError'):
+      ref.runs['fail']()
+  with pytest.raises(reference_process.ReferenceFailed, match='failed in its process:(.|\n)*ZeroDivisionError'):
+    reference_process.ReferenceProcess(operator.truediv, 1, 0)  # the factory itself fails
+  with reference_process.ReferenceProcess(dict, [('exit', functools.partial(os._exit, 3))]) as ref:
+    with pytest.raises(reference_process.ReferenceFailed, match='died \\(exit code 3\\)'):
+      ref.runs['exit']()
