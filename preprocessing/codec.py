@@ -112,8 +112,15 @@ def _init_codebooks(model: transformers.EncodecModel, rng: np.random.Generator, 
   drawn from each vector itself, so they look like the residuals of unseen audio.
   """
   clips = torch.from_numpy(_calibration_audio(rng, num_clips, model.config.sampling_rate))
-  with torch.inference_mode():
-    embeddings = model.encoder(clips[:, None, :])  # [B, D, F]
+  # One thread: torch's convolutions sum in an order that depends on the thread count, and the codes are
+  # these outputs, so a build on 2 threads and one on 1 (a preprocessing worker) would differ in the last bits.
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  try:
+    with torch.inference_mode():
+      embeddings = model.encoder(clips[:, None, :])  # [B, D, F]
+  finally:
+    torch.set_num_threads(threads)
   residual = embeddings.permute(0, 2, 1).reshape(-1, embeddings.shape[1]).double().numpy()  # [B*F, D]
   num_vectors, codebook_size = residual.shape[0], model.config.codebook_size
   for layer in model.quantizer.layers:
@@ -129,7 +136,7 @@ def _init_codebooks(model: transformers.EncodecModel, rng: np.random.Generator, 
     book.cluster_size.fill_(1.0)
 
 
-_RANDOM_CODEC_VERSION = 1  # bump whenever `_build_random_model` changes what it computes
+_RANDOM_CODEC_VERSION = 2  # bump whenever `_build_random_model` changes what it computes
 
 
 def random_codec_cache_path(seed: int) -> Path:

@@ -151,3 +151,18 @@ def test_local_folder_with_config_and_weights(tmp_path):
   with torch.inference_mode():
     expected = model.encode(torch.from_numpy(wave)[None, None], bandwidth=2.2).audio_codes[0, 0].numpy()
   np.testing.assert_array_equal(loaded.encode(wave, SR), expected)
+
+
+def test_random_codec_is_the_same_for_any_torch_thread_count():
+  """Its codes are encoder outputs, whose sums torch orders by thread count; calibration runs on one."""
+  threads = torch.get_num_threads()
+  try:
+    built = {}
+    for n in (1, 2):
+      torch.set_num_threads(n)
+      built[n] = codec_lib._build_random_model(0, num_clips=2).state_dict()
+      assert torch.get_num_threads() == n  # the caller's setting is restored
+  finally:
+    torch.set_num_threads(threads)
+  for name, value in built[1].items():
+    assert torch.equal(built[2][name], value), name
