@@ -18,10 +18,12 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -78,6 +80,28 @@ def clip_path(clip_id: str) -> str:
   if not _SAFE_ID.match(clip_id) or clip_id.startswith('.'):
     raise ManifestError(f'clip_id {clip_id!r} is not filesystem-safe; build it with manifest.safe_id().')
   return f'{CLIPS_DIR}/{clip_id}.npz'
+
+
+@contextlib.contextmanager
+def private_tempdir(prefix: str = 'saxgpt-') -> Iterator[Path]:
+  """Points `tempfile` (this process) and TMPDIR (the workers it starts) at a new folder, removed on exit.
+
+  Beam and TFDS make temporary folders they leave behind (Beam's `beam-pipeline-temp*` and `beam-temp*`,
+  TFDS's empty `tmp*tfds` from `DatasetInfo.initialize_from_bucket`); without this every run would add some
+  to /tmp. Nothing written there outlives the block; outputs go to their own folders.
+  """
+  path = tempfile.mkdtemp(prefix=prefix)
+  saved_tempdir, saved_env = tempfile.tempdir, os.environ.get('TMPDIR')
+  tempfile.tempdir, os.environ['TMPDIR'] = path, path
+  try:
+    yield Path(path)
+  finally:
+    tempfile.tempdir = saved_tempdir
+    if saved_env is None:
+      os.environ.pop('TMPDIR', None)
+    else:
+      os.environ['TMPDIR'] = saved_env
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

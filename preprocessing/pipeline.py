@@ -475,10 +475,11 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
   _ensure_importable_by_workers()
 
   options = pipeline_options(cfg, beam_args)
-  p = beam.Pipeline(runner=_direct_runner(options), options=options)
-  build(p, cfg)
-  result = p.run()
-  result.wait_until_finish()
+  with manifest.private_tempdir():  # Beam leaves temporary folders behind
+    p = beam.Pipeline(runner=_direct_runner(options), options=options)
+    build(p, cfg)
+    result = p.run()
+    result.wait_until_finish()
 
   records = manifest.merge_parts(cfg['output_dir'])
   failures = manifest.merge_failures(cfg['output_dir'])

@@ -198,16 +198,17 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
   An existing build of the same version is reused unless overwrite=True.
   """
   use_beam = beam_pipeline_options is not None
-  builder = SaxgptTokens(tokens_dir=tokens_dir, split_fractions=split_fractions, split_seed=split_seed,
-                         use_beam=use_beam, data_dir=str(data_dir), file_format='array_record')
   options = None
   if use_beam:
     options = (beam_pipeline_options if not isinstance(beam_pipeline_options, (str, list, tuple))
                else beam_options(beam_pipeline_options))
   mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if not overwrite
           else tfds.download.GenerateMode.FORCE_REDOWNLOAD)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(beam_options=options, download_mode=mode))
+  with manifest.private_tempdir():  # TFDS (from the builder's creation on) and Beam leave temporary folders
+    builder = SaxgptTokens(tokens_dir=tokens_dir, split_fractions=split_fractions, split_seed=split_seed,
+                           use_beam=use_beam, data_dir=str(data_dir), file_format='array_record')
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(beam_options=options, download_mode=mode))
   counts = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
   log.info('%s %s in %s: %s', NAME, builder.version, builder.data_dir, counts)
   return counts

@@ -1,8 +1,10 @@
 """The `saxgpt_tokens` builder: both runners, features, metadata, splits by recording, manifest errors."""
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +78,14 @@ def test_plain_build_writes_every_clip_with_its_features(tokens, plain_build):
   assert info.metadata['preprocessing_config'] == {'clip_seconds': 4.0, 'codec': 'random:0'}
 
 
-def test_beam_runner_writes_the_same_dataset(tokens, plain_build, tmp_path):
+def test_beam_runner_writes_the_same_dataset(tokens, plain_build, tmp_path, monkeypatch):
+  scratch = tmp_path / 'scratch'  # this process's temporary folder, and its workers'
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(scratch))
+  monkeypatch.setenv('TMPDIR', str(scratch))
   counts = tfds_builder.build_dataset(tokens[0], tmp_path, beam_pipeline_options=BEAM_FLAGS)
+  assert not list(scratch.iterdir()), 'Beam and TFDS left temporary folders behind'
+  assert tempfile.gettempdir() == str(scratch) and os.environ['TMPDIR'] == str(scratch)
   assert counts == plain_build[1]
   for split in tfds_builder.SPLITS:
     plain, beam = read_split(plain_build[0], split), read_split(tmp_path, split)
