@@ -115,6 +115,9 @@ def _timed_once(fn) -> float:
 
 def _figures(call_s: list[float], encode_s: list[float], batch: int, steps: int) -> dict[str, float]:
   call, enc = statistics.median(call_s), statistics.median(encode_s)
+  if call <= enc:  # the encoder is timed apart: noise can outweigh a short loop
+    logging.warning('decode: a generate call (%.4f s) took no longer than its encoder pass alone (%.4f s); '
+                    'the per-step figures are meaningless: raise --steps or --repeats', call, enc)
   loop = max(call - enc, 1e-9)
   return {'call_s': call, 'encode_s': enc, 'step_ms': 1e3 * loop / steps, 'steps_per_s': steps / loop,
           'frames_per_s': batch * steps / loop, 'min_call_s': min(call_s), 'max_call_s': max(call_s)}

@@ -254,3 +254,13 @@ def test_reference_process_runs_calls_in_a_child_and_reports_its_failures():
   with reference_process.ReferenceProcess(dict, [('exit', functools.partial(os._exit, 3))]) as ref:
     with pytest.raises(reference_process.ReferenceFailed, match='died \\(exit code 3\\)'):
       ref.runs['exit']()
+
+
+def test_decode_figures_warn_when_noise_outweighs_the_loop(caplog):
+  from saxgpt_jax.bench import decode as decode_bench
+
+  f = decode_bench._figures([1.0, 1.2, 1.4], [0.2, 0.2], batch=2, steps=100)
+  assert f['step_ms'] == pytest.approx(10.0) and f['frames_per_s'] == pytest.approx(200.0)
+  assert 'meaningless' not in caplog.text
+  decode_bench._figures([0.10], [0.11], batch=1, steps=20)
+  assert 'took no longer than its encoder pass alone' in caplog.text
