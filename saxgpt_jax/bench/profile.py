@@ -104,7 +104,9 @@ def hlo_ops(hlo_text: str, package: str = 'saxgpt_jax') -> dict[str, dict[str, s
   for m in re.finditer(r'^\s+(?:ROOT )?%([\w.\-]+) = (?:\([^)]*\)|\S+) ([\w-]+)\(.*$', hlo_text, re.M):
     line, opcode = m.group(0), m.group(2)
     calls = re.search(r'calls=%([\w.\-]+)', line)
-    named_gemm = opcode in ('fusion', 'custom-call') and re.search(r'gemm|cublas', line)
+    # A GEMM by its config or custom-call target, not by its metadata (op names, file paths may say 'gemm').
+    settings = re.sub(r' metadata=\{[^}]*\}', '', line)
+    named_gemm = opcode in ('fusion', 'custom-call') and re.search(r'gemm|cublas', settings)
     matmul = opcode in ('dot', 'convolution') or named_gemm or (calls and calls.group(1) in with_dots)
     kind = 'attention' if 'cudnn$fmha' in line else 'matmul' if matmul else None
     frame = re.search(r'stack_frame_id=(\d+)', line)

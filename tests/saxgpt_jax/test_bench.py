@@ -194,14 +194,16 @@ def test_hlo_ops_give_each_op_its_kind_and_source_line():
   hlo = ('%fused_dot (p0: f32[8,8], p1: f32[8,8]) -> f32[8,8] {\n'
          '  ROOT %dot.1 = f32[8,8]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}\n'
          '}\n\n'
-         '  %fusion.12 = bf16[8,8]{1,0} fusion(%a), kind=kCustom, calls=%c,'
+         '  %fusion.12 = bf16[8,8]{1,0} fusion(%a), kind=kCustom, calls=%c, metadata={op_name="jit(f)/add"},'
          ' backend_config={"kind":"__triton_nested_gemm_fusion"}\n'
          '  %custom-call.3 = (bf16[2,4]) custom-call(%q), custom_call_target="__cudnn$fmhaSoftmax"\n'
          '  %ynn_fusion.4 = f32[8,8]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_dot\n'
-         '  %loop_add_fusion.2 = f32[8]{0} fusion(%x), kind=kLoop, calls=%d\n')
+         '  %loop_add_fusion.2 = f32[8]{0} fusion(%x), kind=kLoop, calls=%d\n'
+         '  %loop_mul_fusion.5 = f32[8]{0} fusion(%x), kind=kLoop, calls=%d,'
+         ' metadata={op_name="jit(gemm_like)/mul" source_file="/src/cublas_notes.py"}\n')
   assert {name: op['kind'] for name, op in profile.hlo_ops(hlo).items() if '.' in name} == {
       'dot.1': 'matmul', 'fusion.12': 'matmul', 'custom-call.3': 'attention', 'ynn_fusion.4': 'matmul',
-      'loop_add_fusion.2': None}
+      'loop_add_fusion.2': None, 'loop_mul_fusion.5': None}
   assert profile.hlo_ops(hlo)['fusion_12']['kind'] == 'matmul'  # as a GPU trace names the kernel
 
 
