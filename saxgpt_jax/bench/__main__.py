@@ -108,6 +108,7 @@ def run_command(command: str) -> dict:
     import torch
     result['machine']['torch'] = torch.__version__
     result['machine']['torch_threads'] = torch.get_num_threads()
+    result['torch_process'] = 'same' if _REFERENCE_IN_PROCESS.value else 'own'  # bench/reference_process.py
   return result
 
 

@@ -149,7 +149,6 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int | str] = (1,
       'jax': {}}
   if reference == 'torch':
     result['torch'], result['speedup_vs_torch'] = {}, {}
-    result['torch_process'] = 'same' if reference_in_process else 'own'
     if s.top_p:
       result['torch_note'] = 'the torch reference samples without top-p'
 

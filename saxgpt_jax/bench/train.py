@@ -121,7 +121,6 @@ def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: in
   if profile_dir:
     result['jax']['profile'] = profile.profile(jax_step, profile_dir, compiled=compiled)
   if 'torch' in result:
-    result['torch_process'] = 'same' if reference_in_process else 'own'
     result['speedup_vs_torch'] = result['jax']['frames_per_s'] / result['torch']['frames_per_s']
   return result
 

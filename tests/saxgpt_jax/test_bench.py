@@ -111,7 +111,7 @@ def test_decode_reports_rates_scaling_rtf_and_no_recompiles(results):
       f = r[impl][row]
       assert f['frames_per_s'] == pytest.approx(streams * f['steps_per_s'])
       # The loop's time is a call's minus the encoder's, timed apart: on this busy 2-core machine, at 20 steps
-      # of a 1-layer model, noise can make it negative, which the figures clamp instead of reporting.
+      # of a 1-layer model, noise can make it negative, which the figures clamp (with a warning).
       assert f['call_s'] > 0 and f['encode_s'] > 0
       assert f['step_ms'] == pytest.approx(1e3 * max(f['call_s'] - f['encode_s'], 1e-9) / 20)
   assert r['jax']['batch_1']['compiles'] >= 1 and r['jax']['batch_1']['compile_s'] > 0
