@@ -544,20 +544,26 @@ class SaxGPT(nnx.Module):
                   rngs: nnx.Rngs | None) -> Array:
     """x = call(layer, x, rngs) through `layers` in order.
 
-    With `remat` in training this is one `lax.scan` over the layers' stacked states with the body under
-    `jax.checkpoint`: the backward pass recomputes each layer from its [B, T, D] input instead of keeping
-    its intermediates, and the program holds one layer body instead of L. (Per-layer remat without the
-    scan saves nothing on XLA:CPU, which drops the optimisation barriers and merges the recomputation back
-    into the forward pass.) Each layer then draws dropout from its own key, split from one `rngs.dropout()`.
-    The stacked copy is made inside the step; the parameters keep their per-layer layout.
+    In training each layer draws its dropout from its own key, split from one `rngs.dropout()`, so the
+    masks are the same with and without remat. With `remat` this is one `lax.scan` over the layers'
+    stacked states with the body under `jax.checkpoint`: the backward pass recomputes each layer from its
+    [B, T, D] input instead of keeping its intermediates, and the program holds one layer body instead of
+    L. (Per-layer remat without the scan saves nothing on XLA:CPU, which drops the optimisation barriers
+    and merges the recomputation back into the forward pass.) The stacked copy is made inside the step;
+    the parameters keep their per-layer layout.
     """
-    if not self.cfg.remat or deterministic or not layers:
+    remat = self.cfg.remat and not deterministic
+    if not layers or (not remat and (deterministic or rngs is None)):
       for layer in layers:
         x = call(layer, x, rngs)
       return x
+    keys = None if rngs is None else jax.random.split(rngs.dropout(), len(layers))
+    if not remat:
+      for layer, key in zip(layers, keys):
+        x = call(layer, x, nnx.Rngs(dropout=key))
+      return x
     graphdef = nnx.split(layers[0])[0]
     stacked = jax.tree.map(lambda *v: jnp.stack(v), *(nnx.state(layer) for layer in layers))
-    keys = None if rngs is None else jax.random.split(rngs.dropout(), len(layers))
 
     @jax.checkpoint
     def body(x, state_and_key):
