@@ -19,7 +19,7 @@ from flax import nnx
 from flax import struct
 
 from saxgpt_jax.delay import apply_delay
-from saxgpt_jax.model import MATMUL_KERNELS, SaxGPT
+from saxgpt_jax.model import MATMUL_KERNELS, SaxGPT, check_cudnn_key_mask
 
 Array = jax.Array
 
@@ -237,6 +237,7 @@ def _generate_args(model, src, num_steps, sampling, rng, num_samples, src_mask, 
     raise ValueError(f'prompt must be raw frames [B, K, P_f] with B, K of src {src.shape[:2]}, got {prompt.shape}.')
   if prompt is not None and prompt.shape[2] + cfg.num_codebooks >= num_steps:
     raise ValueError(f'a prompt of {prompt.shape[2]} frames leaves nothing to generate in {num_steps} steps.')
+  check_cudnn_key_mask(cfg, src_mask)
   graphdef, state = nnx.split(model)
   src = jnp.asarray(src, jnp.int32)
   prompt = None if prompt is None else apply_delay(jnp.asarray(prompt, jnp.int32), cfg.padding_idx)

@@ -304,6 +304,24 @@ def _uses_cudnn(cfg: ModelConfig) -> bool:
   return jax.default_backend() == 'gpu' and jnp.dtype(cfg.dtype).itemsize == 2
 
 
+def check_cudnn_key_mask(cfg: ModelConfig, src_mask_bs: Any) -> None:
+  """On the cuDNN path (`_flash_attention`), raise ValueError unless every row of the concrete key mask
+  bool [B, S] is a prefix of real frames (True) and then padding (False): cuDNN takes the mask as per-row
+  key lengths, so any other mask would be applied wrongly, silently. A no-op off that path, for None, and
+  for traced masks (check them where they are concrete, as `decode.generate` does)."""
+  if src_mask_bs is None or isinstance(src_mask_bs, jax.core.Tracer) or not _uses_cudnn(cfg):
+    return
+  mask = np.asarray(src_mask_bs, bool)
+  prefix = np.arange(mask.shape[-1]) < mask.sum(-1, keepdims=True)
+  bad = np.flatnonzero((mask != prefix).reshape(-1, mask.shape[-1]).any(-1))
+  if bad.size:
+    raise ValueError(
+        f'src_mask rows {bad[:8].tolist()} are not a prefix of real frames followed by padding, which is '
+        'the only key mask cuDNN flash attention (model.attention_impl, the GPU bfloat16 default) can apply. '
+        'Put the padding at the end of each backing, as delay.delayed_window does, or set '
+        'model.attention_impl="xla".')
+
+
 def _flash_attention(q_btnh: Array, k_bsnh: Array, v_bsnh: Array, mask: Array | None, is_causal: bool,
                      scale: float) -> Array:
   """cuDNN flash attention -> [B, T, N, H]. The key mask [B, 1, 1, S] (a prefix of real frames) becomes
@@ -589,6 +607,7 @@ class SaxGPT(nnx.Module):
     the flash-attention kernels, which take only even lengths with a key mask, get them without a pad and
     a slice of q/k/v in every layer (`_flash_attention`)."""
     self._check_tokens('src', src_bks)
+    check_cudnn_key_mask(self.cfg, src_mask_bs)
     x = self._embed(src_bks, jnp.arange(src_bks.shape[2]), deterministic, rngs)
     b, s = src_bks.shape[0], src_bks.shape[2]
     if s % 2 and _uses_cudnn(self.cfg):

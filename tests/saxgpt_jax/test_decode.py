@@ -1,5 +1,7 @@
 """Generation: fixture greedy tokens, cached == full forward, samplers, prompts, no recompiles."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -221,6 +223,23 @@ def test_generate_rejects_bad_lengths(small_model):
     decode.generate(small_model, src, num_steps=30, sampling=GREEDY, rng=jax.random.key(0))
   with pytest.raises(ValueError, match='top_p'):
     decode.SamplingParams.make(top_p=1.5)
+
+
+def test_generate_rejects_a_key_mask_cudnn_would_misread(small_model):
+  """cuDNN takes the key mask as lengths: a row with padding before real frames is refused on that path
+  (before anything compiles), accepted where attention applies the mask itself."""
+  cudnn_cfg = dataclasses.replace(small_model.cfg, attention_impl='cudnn')
+  cudnn = model_lib.SaxGPT(cudnn_cfg, rngs=nnx.Rngs(params=0))
+  src = jnp.zeros((3, 4, 8), jnp.int32)
+  holes = np.ones((3, 8), bool)
+  holes[1, 2] = holes[2, 0] = False  # rows 1 and 2: padding before a real frame
+  with pytest.raises(ValueError, match=r'src_mask rows \[1, 2\] are not a prefix'):
+    decode.generate(cudnn, src, num_steps=6, sampling=GREEDY, rng=jax.random.key(0), src_mask=holes)
+  with pytest.raises(ValueError, match='not a prefix'):
+    cudnn.encode(src, jnp.asarray(holes))
+  prefix = np.arange(8) < np.array([[8], [5], [1]])
+  model_lib.check_cudnn_key_mask(cudnn_cfg, prefix)
+  model_lib.check_cudnn_key_mask(small_model.cfg, holes)  # written-out attention applies any mask
 
 
 def test_kernels_cast_before_the_loop_give_bit_identical_bfloat16_steps():
