@@ -71,9 +71,6 @@ def run_command(command: str) -> dict:
   if _REFERENCE.value == 'torch':
     # On a GPU both sides share the device: JAX allocates as it goes instead of taking 75% up front.
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
-    if _TORCH_THREADS.value:
-      import torch
-      torch.set_num_threads(_TORCH_THREADS.value)
   from saxgpt_jax.bench import timing
 
   if command == 'train':
@@ -103,12 +100,7 @@ def run_command(command: str) -> dict:
     result = {'command': 'data', **data.benchmark(config, steps=_STEPS.value or 20,
                                                    batch=_single_batch(config.train.global_batch_size))}
   result['config'] = config_flags.get_config_filename(flags.FLAGS['config'])
-  result.setdefault('machine', timing.machine())
-  if _REFERENCE.value == 'torch':
-    import torch
-    result['machine']['torch'] = torch.__version__
-    result['machine']['torch_threads'] = torch.get_num_threads()
-    result['torch_process'] = 'same' if _REFERENCE_IN_PROCESS.value else 'own'  # bench/reference_process.py
+  result.setdefault('machine', timing.machine())  # with the reference: its version and threads too
   return result
 
 

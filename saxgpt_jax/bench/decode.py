@@ -164,7 +164,7 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int | str] = (1,
     encodes = {'jax': jax_encode}
     with contextlib.ExitStack() as stack:
       if reference == 'torch':
-        torch_runs = reference_process.reference_runs(
+        torch_runs, torch_info = reference_process.reference_runs(
             stack, _torch_runs, config, np.repeat(src, samples, axis=0), steps, jax.default_backend(),
             in_process=reference_in_process, torch_threads=torch_threads)
         runs['torch'], encodes['torch'] = torch_runs['generate'], torch_runs['encode']
@@ -190,6 +190,8 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int | str] = (1,
   result['recompiles_on_new_sampling'] = sum(result['jax'][r]['recompiles_on_new_sampling'] for r in rows)
   if len(rows) > 1:
     result['batch_scaling'] = result['jax'][rows[-1]]['frames_per_s'] / result['jax'][rows[0]]['frames_per_s']
+  if reference == 'torch':
+    result.update(reference_process.report(torch_info))
   if rtf_frames:
     logging.info('decode: real-time-factor run of %d frames', rtf_frames)
     result['rtf'] = _real_time_factor(model, config, variants[:1], rtf_frames)

@@ -82,21 +82,40 @@ class ReferenceProcess:
 
 
 def reference_runs(stack: contextlib.ExitStack, factory: Callable[..., dict[str, Callable[[], object]]], *args: Any,
-                   in_process: bool = False, torch_threads: int = 0) -> dict[str, Callable[[], object]]:
-  """`factory(*args)`'s runs, built here (in_process) or in a ReferenceProcess that `stack` closes."""
+                   in_process: bool = False, torch_threads: int = 0
+                   ) -> tuple[dict[str, Callable[[], object]], dict[str, Any]]:
+  """`factory(*args)`'s runs, built here (in_process) or in a ReferenceProcess that `stack` closes, and
+  where they ran: {'torch': version, 'torch_threads': intra-op threads, 'torch_process': 'same' | 'own'}."""
   if in_process:
-    return factory(*args)
-  return stack.enter_context(ReferenceProcess(factory, *args, torch_threads=torch_threads)).runs
+    info = _start_torch(torch_threads)
+    return factory(*args), {**info, 'torch_process': 'same'}
+  ref = stack.enter_context(ReferenceProcess(factory, *args, torch_threads=torch_threads))
+  return ref.runs, {'torch': ref.info['torch'], 'torch_threads': ref.info['torch_threads'], 'torch_process': 'own'}
+
+
+def report(info: dict[str, Any]) -> dict[str, Any]:
+  """The result entries of a run with the reference, from `reference_runs`' info: 'machine'
+  (`timing.machine()` plus the torch version and thread count) and 'torch_process'."""
+  from saxgpt_jax.bench import timing
+  return {'machine': {**timing.machine(), 'torch': info['torch'], 'torch_threads': info['torch_threads']},
+          'torch_process': info['torch_process']}
+
+
+def _start_torch(torch_threads: int) -> dict[str, Any]:
+  """Imports torch with `torch_threads` intra-op threads (0: its default, one per core) -> its version
+  and thread count."""
+  import torch
+  if torch_threads:
+    torch.set_num_threads(torch_threads)
+  return {'torch': torch.__version__, 'torch_threads': torch.get_num_threads()}
 
 
 def _serve(conn, factory, args, torch_threads: int) -> None:
   """The child: build the runs, report them, then run each name received until None."""
   try:
-    import torch
-    if torch_threads:
-      torch.set_num_threads(torch_threads)
+    info = _start_torch(torch_threads)
     runs = factory(*args)
-    conn.send(('ready', {'runs': list(runs), 'torch': torch.__version__, 'torch_threads': torch.get_num_threads()}))
+    conn.send(('ready', {'runs': list(runs), **info}))
   except BaseException:  # the parent re-raises it with this traceback
     conn.send(('error', traceback.format_exc()))
     return

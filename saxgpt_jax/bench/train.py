@@ -90,9 +90,10 @@ def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: in
   runs = {'jax': jax_step}
   with contextlib.ExitStack() as stack:
     if reference == 'torch':
-      runs['torch'] = reference_process.reference_runs(
+      torch_runs, torch_info = reference_process.reference_runs(
           stack, _torch_step, config, data, model_cfg.dtype, jax.default_backend(),
-          in_process=reference_in_process, torch_threads=torch_threads)['step']
+          in_process=reference_in_process, torch_threads=torch_threads)
+      runs['torch'] = torch_runs['step']
     seconds = timing.interleaved(runs, repeats=steps, warmup=warmup)
 
   flops_per_step = flops_lib.train_flops_per_step(model_cfg, batch, src_len, src_len - 1)
@@ -120,8 +121,9 @@ def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: in
                        loss=losses.summarize(state['metrics']['stats'])['loss'])
   if profile_dir:
     result['jax']['profile'] = profile.profile(jax_step, profile_dir, compiled=compiled)
-  if 'torch' in result:
+  if reference == 'torch':
     result['speedup_vs_torch'] = result['jax']['frames_per_s'] / result['torch']['frames_per_s']
+    result.update(reference_process.report(torch_info))
   return result
 
 

@@ -47,12 +47,13 @@ def results(data_dir, tmp_path_factory):
   profiles = tmp_path_factory.mktemp('profiles')
   commands = {
       # train: the reference in this process (the older method); decode: in its own (the default).
+      # --torch_threads=1 on both: it applies where the reference runs, and the JSON reports it.
       'train': ['train', '--batch=2', '--frames=16', '--steps=2', '--warmup=0', '--reference=torch',
-                '--reference_in_process', '--peak_flops=1e11', f'--profile_dir={profiles}/train'],
+                '--reference_in_process', '--torch_threads=1', '--peak_flops=1e11', f'--profile_dir={profiles}/train'],
       # steps = rtf_frames + K, so the real-time-factor run reuses the batch-1 compile.
       # batch_1x2: 2 samples of one backing (shared cross K/V); torch decodes the backing twice.
       'decode': ['decode', '--batch=1,1x2', '--steps=20', '--rtf_frames=16', '--repeats=1', '--warmup=0',
-                 '--reference=torch', f'--profile_dir={profiles}/decode'],
+                 '--reference=torch', '--torch_threads=1', f'--profile_dir={profiles}/decode'],
       'data': ['data', '--batch=2', '--steps=2', f'--config.data.data_dir={data_dir}',
                '--config.data.stride=8'],
       'bad_batch': ['train', '--batch=1,2'],  # must fail with a clear message
@@ -91,7 +92,7 @@ def test_train_reports_throughput_mfu_compile_and_torch_ratio(results):
     assert f['mfu'] == pytest.approx(r['flops_per_step'] / f['step_s'] / 1e11)
   assert r['jax']['compile_s'] > 0 and r['jax']['lower_s'] > 0 and np.isfinite(r['jax']['loss'])
   assert r['speedup_vs_torch'] == pytest.approx(r['jax']['frames_per_s'] / r['torch']['frames_per_s'])
-  assert r['torch_process'] == 'same'
+  assert r['torch_process'] == 'same' and r['machine']['torch_threads'] == 1 and r['machine']['torch'] >= '2.'
   check_profile(r['jax']['profile'])
   hlo = open(r['jax']['profile']['hlo']).read()
   assert hlo.startswith('HloModule') and 'ENTRY' in hlo
@@ -117,7 +118,7 @@ def test_decode_reports_rates_scaling_rtf_and_no_recompiles(results):
   assert r['jax']['batch_1']['compiles'] >= 1 and r['jax']['batch_1']['compile_s'] > 0
   assert r['recompiles_on_new_sampling'] == 0
   assert r['batch_scaling'] == pytest.approx(r['jax']['batch_1x2']['frames_per_s'] / r['jax']['batch_1']['frames_per_s'])
-  assert r['torch_process'] == 'own'
+  assert r['torch_process'] == 'own' and r['machine']['torch_threads'] == 1 and r['machine']['torch'] >= '2.'
   assert r['speedup_vs_torch']['batch_1'] == pytest.approx(
       r['jax']['batch_1']['steps_per_s'] / r['torch']['batch_1']['steps_per_s'])
   assert r['rtf']['frames'] == 16 and r['rtf']['rtf'] == pytest.approx(r['rtf']['wall_s'] / (16 / 50))
