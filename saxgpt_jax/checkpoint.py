@@ -127,10 +127,10 @@ def non_param_state(config: ml_collections.ConfigDict, abstract_rest: nnx.State)
 
 def manager(directory: str | os.PathLike, *, keep_latest: int | None = None,
             keep_best: int | None = None, async_save: bool = True,
-            read_only: bool = False) -> ocp.CheckpointManager:
+            read_only: bool = False, with_metrics: bool = True) -> ocp.CheckpointManager:
   """A CheckpointManager over `directory`, keeping the latest `keep_latest` checkpoints plus the
   `keep_best` with the lowest validation loss (None keeps all). `read_only` creates nothing and
-  removes nothing (for restoring)."""
+  removes nothing (for restoring). `with_metrics=False`: its saves carry no metrics (no best step)."""
   policies = []
   if keep_latest is not None:
     policies.append(ocp.checkpoint_managers.LatestN(n=keep_latest))
@@ -142,7 +142,8 @@ def manager(directory: str | os.PathLike, *, keep_latest: int | None = None,
   options = ocp.CheckpointManagerOptions(
       create=not read_only, enable_async_checkpointing=async_save,
       preservation_policy=preservation, cleanup_tmp_directories=not read_only,
-      best_fn=lambda metrics: metrics[BEST_METRIC], best_mode='min')  # best_fn: orbax writes metrics
+      best_fn=(lambda metrics: metrics[BEST_METRIC]) if with_metrics else None,  # best_fn: orbax writes metrics
+      best_mode='min')
   return ocp.CheckpointManager(as_path(directory), options=options)
 
 
@@ -183,8 +184,9 @@ def check_param_shapes(mngr: ocp.CheckpointManager, step: int, abstract_params: 
   """Raises CheckpointError naming the parameters whose stored shapes differ from `abstract_params`
   (another model config, or a checkpoint of an older parameter layout), before orbax fails mid-restore."""
   try:
-    metadata = ocp.StandardCheckpointer().metadata(as_path(mngr.directory) / str(step) / PARAMS_ITEM)
-    stored = _shapes_by_name(metadata.item_metadata)
+    # The item's handler reads its tree metadata; a StandardCheckpointer would also look for a step-level
+    # _CHECKPOINT_METADATA inside the item folder and log a warning on every load.
+    stored = _shapes_by_name(ocp.StandardCheckpointHandler().metadata(as_path(mngr.directory) / str(step) / PARAMS_ITEM))
   except Exception:  # pylint: disable=broad-except  # no readable metadata: orbax reports on restore
     return
   expected = _shapes_by_name(abstract_params)
@@ -206,7 +208,7 @@ def save_params(directory: str | os.PathLike, model: nnx.Module, config: ml_coll
   Returns the checkpoint directory. `config.model` must describe `model` (load_model rebuilds from it).
   """
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  with manager(directory, async_save=False) as mngr:
+  with manager(directory, async_save=False, with_metrics=False) as mngr:
     mngr.save(step, args=ocp.args.Composite(**{PARAMS_ITEM: ocp.args.StandardSave(params)}), force=True)
     mngr.wait_until_finished()
     write_config(mngr.directory, config)

@@ -1,6 +1,7 @@
 """Checkpoint round trips: save_params/load_model, partial restore of training checkpoints, 8 -> 1 devices."""
 
 import json
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -39,12 +40,14 @@ def assert_same_params(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
 
-def test_save_params_then_load_model(tmp_path):
+def test_save_params_then_load_model(tmp_path, caplog):
   config = small_config()
   model = random_model(config, seed=3)
   directory = checkpoint.save_params(tmp_path / 'converted', model, config)
   assert json.loads((directory / 'config.json').read_text())['model']['d_model'] == 32
-  loaded, loaded_config = checkpoint.load_model(tmp_path / 'converted')
+  with caplog.at_level(logging.WARNING):
+    loaded, loaded_config = checkpoint.load_model(tmp_path / 'converted')
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]  # a clean load warns of nothing
   assert loaded_config.model.to_dict() == config.model.to_dict()
   assert_same_params(params_of(model), params_of(loaded))
   assert type(loaded).__name__ == 'SaxGPT' and loaded.cfg == model.cfg
