@@ -1,5 +1,6 @@
 """Tests for launch/: every script's --dry_run prints the exact commands; --help; errors; shellcheck; pins."""
 
+import json
 import os
 import re
 import shlex
@@ -13,7 +14,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = REPO_ROOT / 'launch'
-SCRIPTS = ('tpu_pod.sh', 'gpu_slurm.sbatch', 'preprocess_dataflow.sh')
+SCRIPTS = ('tpu_pod.sh', 'gpu_slurm.sbatch', 'preprocess_dataflow.sh', 'gpu_bench.sh')
 STUBBED = ('gcloud', 'srun', 'sbatch', 'fakepython')
 
 
@@ -276,6 +277,54 @@ def test_dataflow_requirements_match_the_preprocess_extra():
       'launch/requirements-dataflow.txt differs from pyproject.toml (base deps + preprocess extra): '
       f'only in the file {sorted(set(pins) - set(expected))}, only in pyproject {sorted(set(expected) - set(pins))}')
   assert all(re.fullmatch(r'[A-Za-z0-9_.\-\[\]]+==[^=\s]+', pin) for pin in pins), 'every line must be an exact pin'
+
+
+# ------------------------------------------------------------------------------------------ gpu_bench.sh
+def test_gpu_bench_dry_run_runs_the_benchmarks_of_benchmarks_md(stubs, tmp_path):
+  wheels = tmp_path / 'wheels'
+  wheels.mkdir()
+  (wheels / 'ml_collections-1.1.0-py3-none-any.whl').write_bytes(b'')
+  proc = _run(stubs, 'gpu_bench.sh', '--dry_run', '--out=runs/h100', '--python=fakepython', f'--wheels={wheels}',
+              '--only=decode,train,flash')
+  assert proc.returncode == 0, proc.stderr
+  commands = _commands(proc.stdout)
+  assert commands[0] == ['mkdir', '-p', 'runs/h100']
+  assert commands[1][:6] == ['fakepython', '-m', 'pip', 'install', '--quiet', '--no-deps']
+  assert commands[1][-1].endswith('ml_collections-1.1.0-py3-none-any.whl')
+  setup, decode, train, flash = commands[2:]
+  assert setup[:2] == ['fakepython', '-c'] and 'no GPU visible' in setup[2]
+  assert decode[:4] == ['fakepython', '-m', 'saxgpt_jax.bench', 'decode']
+  assert {'--config=configs/large.py', '--dtype=bfloat16', '--batch=1,1x16,16', '--steps=300',
+          '--rtf_frames=1500', '--json_file=runs/h100/bench.jsonl'} <= set(decode)
+  assert decode[-4:] == ['2>runs/h100/decode.log', '|', 'tee', 'runs/h100/decode.txt']
+  assert train[3] == 'train' and {'--config=configs/xlarge.py', '--dtype=bfloat16', '--batch=16', '--frames=1500',
+                                  '--json_file=runs/h100/bench.jsonl'} <= set(train)
+  assert flash[:3] == ['env', 'JAX_PLATFORMS=cuda', 'fakepython'] and 'flash or written_out' in ' '.join(flash)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--only=train,eval'], "unknown part 'eval'"),
+    (['--only='], '--only is empty'),
+    (['--wheels=/nonexistent'], 'holds no .whl files'),
+    (['--steps=3'], "unknown argument '--steps=3'"),
+])
+def test_gpu_bench_errors(stubs, args, message):
+  proc = _run(stubs, 'gpu_bench.sh', '--dry_run', *args)
+  assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_gpu_bench_runs_here_with_quick_and_refuses_a_machine_without_gpu(stubs, tmp_path):
+  """--quick runs the real benchmark on this CPU (tiny config); without it, a machine with no GPU is refused
+  before anything is benchmarked."""
+  fast = {'XLA_FLAGS': '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'}
+  proc = _run(stubs, 'gpu_bench.sh', '--quick', '--only=decode', f'--out={tmp_path}/quick', env_extra=fast)
+  assert proc.returncode == 0, proc.stderr
+  (line,) = (tmp_path / 'quick' / 'bench.jsonl').read_text().splitlines()
+  assert json.loads(line)['command'] == 'decode' and 'jax.batch_1x2.step_ms' in proc.stdout
+  assert 'jax' in (tmp_path / 'quick' / 'setup.txt').read_text()
+  proc = _run(stubs, 'gpu_bench.sh', f'--out={tmp_path}/full', env_extra=fast)
+  assert proc.returncode == 2 and 'no GPU visible to JAX' in proc.stderr and 'nothing was benchmarked' in proc.stderr
+  assert not (tmp_path / 'full' / 'bench.jsonl').exists()
 
 
 # ----------------------------------------------------------------------------------------------- all

@@ -7,7 +7,7 @@
 
 With --reference=torch, train and decode also run the original model in eager PyTorch on the same
 config, batch and length, alternating with JAX (in a process of its own, so the two share no heap), and
-report JAX's speed-up. --json prints one JSON line.
+report JAX's speed-up. --json prints one JSON line; --json_file=F appends it to F.
 Examples:
   python -m saxgpt_jax.bench decode --config=configs/large.py --batch=1,16 --steps=300 --reference=torch
   python -m saxgpt_jax.bench train --config=configs/large.py --batch=2 --frames=1500 --reference=torch
@@ -48,6 +48,8 @@ _PROFILE_DIR = flags.DEFINE_string('profile_dir', '', 'train/decode: after timin
                                    'jax.profiler into this directory (decode: one subdirectory per batch row) '
                                    'and report its op count and top ops (saxgpt_jax/bench/profile.py).')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line instead of a table.')
+_JSON_FILE = flags.DEFINE_string('json_file', '', 'Also append the result as one JSON line to this file (created '
+                                 'with its folder if missing), e.g. to collect a series of runs.')
 
 COMMANDS = ('train', 'decode', 'data')
 
@@ -120,6 +122,10 @@ def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f'usage: python -m saxgpt_jax.bench {{{",".join(COMMANDS)}}} --config=... [flags]')
   result = run_command(argv[1])
+  if _JSON_FILE.value:
+    os.makedirs(os.path.dirname(os.path.abspath(_JSON_FILE.value)), exist_ok=True)
+    with open(_JSON_FILE.value, 'a') as f:  # one write of one line: runs appending in turn never interleave
+      f.write(json.dumps(result) + '\n')
   if _JSON.value:
     print(json.dumps(result), flush=True)
   else:

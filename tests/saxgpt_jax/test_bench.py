@@ -54,7 +54,9 @@ def results(data_dir, tmp_path_factory):
       # batch_1x2: 2 samples of one backing (shared cross K/V); torch decodes the backing twice.
       'decode': ['decode', '--batch=1,1x2', '--steps=20', '--rtf_frames=16', '--repeats=1', '--warmup=0',
                  '--reference=torch', '--torch_threads=1', f'--profile_dir={profiles}/decode'],
+      # --json_file appends the line to a file (its folder made on the way) as well as printing it.
       'data': ['data', '--batch=2', '--steps=2', f'--config.data.data_dir={data_dir}',
+               f'--json_file={profiles}/series/bench.jsonl',
                '--config.data.stride=8'],
       'bad_batch': ['train', '--batch=1,2'],  # must fail with a clear message
       'bad_decode_batch': ['decode', '--batch=1,2y3'],
@@ -77,6 +79,7 @@ def results(data_dir, tmp_path_factory):
     lines = [line for line in stdout.splitlines() if line.strip()]
     assert len(lines) == 1, f'--json must print exactly one line, got {stdout!r}'
     out[name] = json.loads(lines[0])
+  out['data_json_file'] = (profiles / 'series' / 'bench.jsonl').read_text()
   return out
 
 
@@ -212,6 +215,7 @@ def test_data_reports_pipeline_throughput(results):
   r = results['data']
   assert r['command'] == 'data' and r['global_batch_size'] == 2 and r['steps'] == 2
   assert r['frames_per_s'] == pytest.approx(r['batches_per_s'] * 2 * 16)
+  assert [json.loads(line) for line in results['data_json_file'].splitlines()] == [r]
 
 
 def test_bad_flags_fail_with_a_clear_message(results):
