@@ -40,6 +40,10 @@ _TORCH_THREADS = flags.DEFINE_integer('torch_threads', 0, 'torch.set_num_threads
 _REFERENCE_IN_PROCESS = flags.DEFINE_bool(
     'reference_in_process', False, 'Run the reference in this process, sharing the heap with JAX (the method '
     'before 2026-12-06). Default: a process of its own, alternating call by call (bench/reference_process.py).')
+_SETTLE = flags.DEFINE_integer(
+    'settle', 1, 'With --reference: untimed calls of each implementation right before each of its timed ones, so '
+    'no timed call directly follows the other framework\'s (whose memory use slowed the next large JAX step by '
+    '60%%). 0: strict A, B, A, B alternation, the method up to 2026-12-06.')
 _RTF_FRAMES = flags.DEFINE_integer('rtf_frames', 1500, 'decode: solo frames of the real-time-factor run '
                                    '(1500 = 30 s at 50 Hz; capped by max_seq_len; 0 = skip).')
 _PEAK_FLOPS = flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s per device for MFU. Default: the data-sheet '
@@ -81,7 +85,7 @@ def run_command(command: str) -> dict:
                        frames=_FRAMES.value or config.data.seq_len, steps=_STEPS.value or 10,
                        warmup=_WARMUP.value, reference=_REFERENCE.value, peak_flops=_PEAK_FLOPS.value,
                        reference_in_process=_REFERENCE_IN_PROCESS.value, torch_threads=_TORCH_THREADS.value,
-                       profile_dir=_PROFILE_DIR.value)
+                       settle=_SETTLE.value, profile_dir=_PROFILE_DIR.value)
   elif command == 'decode':
     from saxgpt_jax.bench import decode
     rows = _BATCH.value or ['1', '16']
@@ -93,7 +97,7 @@ def run_command(command: str) -> dict:
     result = decode.run(config, batches=rows, steps=_STEPS.value or 300,
                         frames=_FRAMES.value, repeats=_REPEATS.value, warmup=_WARMUP.value,
                         reference=_REFERENCE.value, reference_in_process=_REFERENCE_IN_PROCESS.value,
-                        torch_threads=_TORCH_THREADS.value, rtf_frames=_RTF_FRAMES.value,
+                        torch_threads=_TORCH_THREADS.value, settle=_SETTLE.value, rtf_frames=_RTF_FRAMES.value,
                         profile_dir=_PROFILE_DIR.value)
   else:
     if _REFERENCE.value or _PROFILE_DIR.value:
@@ -102,6 +106,8 @@ def run_command(command: str) -> dict:
     result = {'command': 'data', **data.benchmark(config, steps=_STEPS.value or 20,
                                                    batch=_single_batch(config.train.global_batch_size))}
   result['config'] = config_flags.get_config_filename(flags.FLAGS['config'])
+  if _REFERENCE.value:
+    result['settle'] = _SETTLE.value  # timing.interleaved
   result.setdefault('machine', timing.machine())  # with the reference: its version and threads too
   return result
 

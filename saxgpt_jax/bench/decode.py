@@ -125,7 +125,7 @@ def _figures(call_s: list[float], encode_s: list[float], batch: int, steps: int)
 
 def run(config: ml_collections.ConfigDict, *, batches: Sequence[int | str] = (1, 16), steps: int = 300,
         frames: int | None = None, repeats: int = 3, warmup: int = 1, reference: str = '',
-        reference_in_process: bool = False, torch_threads: int = 0, rtf_frames: int = 1500,
+        reference_in_process: bool = False, torch_threads: int = 0, settle: int = 0, rtf_frames: int = 1500,
         profile_dir: str = '') -> dict[str, Any]:
   """Benchmarks `generate` at each batch size (B or 'BxG', see the module docstring), the reference in a
   process of its own per row unless `reference_in_process` (`bench/reference_process.py`); rtf_frames=0
@@ -169,9 +169,9 @@ def run(config: ml_collections.ConfigDict, *, batches: Sequence[int | str] = (1,
             in_process=reference_in_process, torch_threads=torch_threads)
         runs['torch'], encodes['torch'] = torch_runs['generate'], torch_runs['encode']
       with compiles.watch() as timed:  # new sampling settings and seeds in every JAX call
-        calls = timing.interleaved(runs, repeats=repeats, warmup=warmup)
+        calls = timing.interleaved(runs, repeats=repeats, warmup=warmup, settle=settle)
       logging.info('decode %s: %s', row, {k: [round(x, 2) for x in v] for k, v in calls.items()})
-      encode_s = timing.interleaved(encodes, repeats=repeats, warmup=0)
+      encode_s = timing.interleaved(encodes, repeats=repeats, warmup=0, settle=settle)
     for name in runs:
       result[name][row] = _figures(calls[name], encode_s[name], batch * samples, steps)
     result['jax'][row].update(compile_s=first.compile_s, compiles=first.compiles, first_call_s=first.wall_s,

@@ -14,20 +14,29 @@ import jax.numpy as jnp
 from saxgpt_jax import host_memory
 
 
-def interleaved(runs: Mapping[str, Callable[[], object]], *, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(runs: Mapping[str, Callable[[], object]], *, repeats: int, warmup: int = 1,
+                settle: int = 0) -> dict[str, list[float]]:
   """Calls each run in turn, `warmup` untimed rounds then `repeats` timed ones -> seconds per call.
 
   Alternating (A, B, A, B, ...) rather than A..A then B..B spreads a busy machine's noise over every
   implementation alike. Each callable must block until its work is done.
+  settle: with several runs, untimed calls of each right before each of its timed ones (A, A*, B, B*, ...
+  with * timed), so a timed call follows its own kind: the first large JAX train step after a torch step
+  took 27-28 s against 16-17 s for the next ones (BENCHMARKS.md, session 11). 0: strict alternation.
   """
   if repeats < 1:
     raise ValueError(f'repeats must be at least 1, got {repeats}')
+  if settle < 0:
+    raise ValueError(f'settle must be >= 0, got {settle}')
+  settle = settle if len(runs) > 1 else 0
   for _ in range(warmup):
     for run in runs.values():
       run()
   seconds: dict[str, list[float]] = {name: [] for name in runs}
   for _ in range(repeats):
     for name, run in runs.items():
+      for _ in range(settle):
+        run()
       start = time.perf_counter()
       run()
       seconds[name].append(time.perf_counter() - start)

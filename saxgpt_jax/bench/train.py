@@ -60,7 +60,7 @@ def _torch_step(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray],
 
 
 def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: int, warmup: int = 1,
-        reference: str = '', reference_in_process: bool = False, torch_threads: int = 0,
+        reference: str = '', reference_in_process: bool = False, torch_threads: int = 0, settle: int = 0,
         peak_flops: float | None = None, profile_dir: str = '') -> dict[str, Any]:
   """Times `steps` training steps (after `warmup`), alternating with torch when reference='torch' (in a
   process of its own unless `reference_in_process`; `bench/reference_process.py`); with `profile_dir`,
@@ -94,7 +94,7 @@ def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: in
           stack, _torch_step, config, data, model_cfg.dtype, jax.default_backend(),
           in_process=reference_in_process, torch_threads=torch_threads)
       runs['torch'] = torch_runs['step']
-    seconds = timing.interleaved(runs, repeats=steps, warmup=warmup)
+    seconds = timing.interleaved(runs, repeats=steps, warmup=warmup, settle=settle)
 
   flops_per_step = flops_lib.train_flops_per_step(model_cfg, batch, src_len, src_len - 1)
   device = jax.devices()[0]

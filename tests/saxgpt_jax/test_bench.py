@@ -96,6 +96,7 @@ def test_train_reports_throughput_mfu_compile_and_torch_ratio(results):
   assert r['jax']['compile_s'] > 0 and r['jax']['lower_s'] > 0 and np.isfinite(r['jax']['loss'])
   assert r['speedup_vs_torch'] == pytest.approx(r['jax']['frames_per_s'] / r['torch']['frames_per_s'])
   assert r['torch_process'] == 'same' and r['machine']['torch_threads'] == 1 and r['machine']['torch'] >= '2.'
+  assert r['settle'] == 1  # the default: each timed step follows an untimed one of its own kind
   check_profile(r['jax']['profile'])
   hlo = open(r['jax']['profile']['hlo']).read()
   assert hlo.startswith('HloModule') and 'ENTRY' in hlo
@@ -271,3 +272,29 @@ def test_decode_figures_warn_when_noise_outweighs_the_loop(caplog):
   assert 'meaningless' not in caplog.text
   decode_bench._figures([0.10], [0.11], batch=1, steps=20)
   assert 'took no longer than its encoder pass alone' in caplog.text
+
+
+def test_interleaved_lets_each_side_settle_before_its_timed_calls():
+  from saxgpt_jax.bench import timing
+
+  order, last = [], [None]
+
+  def side(name):
+    def run():
+      time.sleep(0.05 if last[0] not in (None, name) else 0.0)  # a call right after the other side is slow
+      last[0] = name
+      order.append(name)
+    return run
+
+  runs = {'a': side('a'), 'b': side('b')}
+  strict = timing.interleaved(runs, repeats=2, warmup=0)
+  assert order == ['a', 'b', 'a', 'b'] and min(strict['a'][1:] + strict['b']) >= 0.05
+  order.clear()
+  settled = timing.interleaved(runs, repeats=2, warmup=1, settle=1)
+  assert order == ['a', 'b'] + ['a', 'a', 'b', 'b'] * 2
+  assert len(settled['a']) == len(settled['b']) == 2 and max(settled['a'] + settled['b']) < 0.05
+  order.clear()
+  timing.interleaved({'a': runs['a']}, repeats=2, warmup=0, settle=3)  # one side: nothing to settle after
+  assert order == ['a', 'a']
+  with pytest.raises(ValueError, match='settle'):
+    timing.interleaved(runs, repeats=1, settle=-1)
