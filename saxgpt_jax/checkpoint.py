@@ -186,7 +186,8 @@ def check_param_shapes(mngr: ocp.CheckpointManager, step: int, abstract_params: 
   try:
     # The item's handler reads its tree metadata; a StandardCheckpointer would also look for a step-level
     # _CHECKPOINT_METADATA inside the item folder and log a warning on every load.
-    stored = _shapes_by_name(ocp.StandardCheckpointHandler().metadata(as_path(mngr.directory) / str(step) / PARAMS_ITEM))
+    item = as_path(mngr.directory) / str(step) / PARAMS_ITEM
+    stored = _shapes_by_name(ocp.StandardCheckpointHandler().metadata(item))
   except Exception:  # pylint: disable=broad-except  # no readable metadata: orbax reports on restore
     return
   expected = _shapes_by_name(abstract_params)

@@ -43,7 +43,7 @@ _REFERENCE_IN_PROCESS = flags.DEFINE_bool(
 _SETTLE = flags.DEFINE_integer(
     'settle', 1, 'With --reference: untimed calls of each implementation right before each of its timed ones, so '
     'no timed call directly follows the other framework\'s (whose memory use slowed the next large JAX step by '
-    '60%%). 0: strict A, B, A, B alternation, the method up to 2026-12-06.')
+    '60%). 0: strict A, B, A, B alternation, the method up to 2026-12-06.')
 _RTF_FRAMES = flags.DEFINE_integer('rtf_frames', 1500, 'decode: solo frames of the real-time-factor run '
                                    '(1500 = 30 s at 50 Hz; capped by max_seq_len; 0 = skip).')
 _PEAK_FLOPS = flags.DEFINE_float('peak_flops', None, 'Peak FLOP/s per device for MFU. Default: the data-sheet '

@@ -125,7 +125,7 @@ def _figures(call_s: list[float], encode_s: list[float], batch: int, steps: int)
 
 def run(config: ml_collections.ConfigDict, *, batches: Sequence[int | str] = (1, 16), steps: int = 300,
         frames: int | None = None, repeats: int = 3, warmup: int = 1, reference: str = '',
-        reference_in_process: bool = False, torch_threads: int = 0, settle: int = 0, rtf_frames: int = 1500,
+        reference_in_process: bool = False, torch_threads: int = 0, settle: int = 1, rtf_frames: int = 1500,
         profile_dir: str = '') -> dict[str, Any]:
   """Benchmarks `generate` at each batch size (B or 'BxG', see the module docstring), the reference in a
   process of its own per row unless `reference_in_process` (`bench/reference_process.py`); rtf_frames=0

@@ -60,7 +60,7 @@ def _torch_step(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray],
 
 
 def run(config: ml_collections.ConfigDict, *, batch: int, frames: int, steps: int, warmup: int = 1,
-        reference: str = '', reference_in_process: bool = False, torch_threads: int = 0, settle: int = 0,
+        reference: str = '', reference_in_process: bool = False, torch_threads: int = 0, settle: int = 1,
         peak_flops: float | None = None, profile_dir: str = '') -> dict[str, Any]:
   """Times `steps` training steps (after `warmup`), alternating with torch when reference='torch' (in a
   process of its own unless `reference_in_process`; `bench/reference_process.py`); with `profile_dir`,
