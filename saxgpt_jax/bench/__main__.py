@@ -130,8 +130,15 @@ def main(argv: list[str]) -> None:
   result = run_command(argv[1])
   if _JSON_FILE.value:
     os.makedirs(os.path.dirname(os.path.abspath(_JSON_FILE.value)), exist_ok=True)
-    with open(_JSON_FILE.value, 'a') as f:  # one write of one line: runs appending in turn never interleave
-      f.write(json.dumps(result) + '\n')
+    # One write(2) of the whole line on an O_APPEND descriptor (a buffered file object splits lines over
+    # its 8 KiB buffer, and a profiled result is longer): runs appending to one file never interleave.
+    fd = os.open(_JSON_FILE.value, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    line = (json.dumps(result) + '\n').encode()
+    try:
+      if os.write(fd, line) != len(line):
+        raise OSError(f'--json_file={_JSON_FILE.value}: short write (disk full?)')
+    finally:
+      os.close(fd)
   if _JSON.value:
     print(json.dumps(result), flush=True)
   else:
