@@ -90,15 +90,15 @@ def reference_runs(stack: contextlib.ExitStack, factory: Callable[..., dict[str,
     info = _start_torch(torch_threads)
     return factory(*args), {**info, 'torch_process': 'same'}
   ref = stack.enter_context(ReferenceProcess(factory, *args, torch_threads=torch_threads))
-  return ref.runs, {'torch': ref.info['torch'], 'torch_threads': ref.info['torch_threads'], 'torch_process': 'own'}
+  return ref.runs, {**{k: v for k, v in ref.info.items() if k != 'runs'}, 'torch_process': 'own'}
 
 
 def report(info: dict[str, Any]) -> dict[str, Any]:
   """The result entries of a run with the reference, from `reference_runs`' info: 'machine'
   (`timing.machine()` plus the torch version and thread count) and 'torch_process'."""
   from saxgpt_jax.bench import timing
-  return {'machine': {**timing.machine(), 'torch': info['torch'], 'torch_threads': info['torch_threads']},
-          'torch_process': info['torch_process']}
+  torch_info = {k: v for k, v in info.items() if k != 'torch_process'}  # `_start_torch`'s
+  return {'machine': {**timing.machine(), **torch_info}, 'torch_process': info['torch_process']}
 
 
 def _start_torch(torch_threads: int) -> dict[str, Any]:
