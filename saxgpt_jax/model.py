@@ -623,8 +623,24 @@ class SaxGPT(nnx.Module):
 
   def encode(self, src_bks: Array, src_mask_bs: Array | None = None, *, deterministic: bool = True,
              rngs: nnx.Rngs | None = None) -> Array:
-    """Backing tokens [B,K,S] (delayed) -> encoder memory [B,S,D] (after the final norm when pre-norm)."""
-    return self._encode(src_bks, src_mask_bs, deterministic, rngs)[0][:, :src_bks.shape[2]]
+    """Backing tokens [B,K,S] (delayed) -> encoder memory [B,S,D] (after the final norm when pre-norm).
+
+    On XLA:CPU, in inference, several backings are encoded one after the other (`lax.map`): each pass
+    then needs its own [1, N, S, S] attention scores, not [B, N, S, S] of fresh memory (large, 16 x 1505
+    frames: 154 MB of temporaries instead of 2.7 GB; `bench decode --batch=16`: encoder pass 17-20 s
+    instead of 24 s, peak RSS 2.8 instead of 5.3 GB; BENCHMARKS.md, session 12)."""
+    s = src_bks.shape[2]
+    if deterministic and src_bks.shape[0] > 1 and jax.default_backend() == 'cpu':
+      check_cudnn_key_mask(self.cfg, src_mask_bs)  # before the map traces the mask
+      graphdef, state = nnx.split(self)
+
+      def one_backing(row):
+        src_ks, mask_s = row
+        mask = None if mask_s is None else mask_s[None]
+        return nnx.merge(graphdef, state)._encode(src_ks[None], mask, True, None)[0][0, :s]
+
+      return jax.lax.map(one_backing, (src_bks, src_mask_bs))
+    return self._encode(src_bks, src_mask_bs, deterministic, rngs)[0][:, :s]
 
   def __call__(self, src_bks: Array, tgt_bkt: Array, src_mask_bs: Array | None = None, *,
                deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
