@@ -516,6 +516,12 @@ class DecodeCache:
   cross_left: bool = struct.field(pytree_node=False, default=False)
 
 
+def _one_row_at_a_time(deterministic: bool, batch: int) -> bool:
+  """Whether `SaxGPT.encode` and `SaxGPT.__call__` map over the batch: in inference on XLA:CPU, where a
+  pass over one row needs [1, N, T, S] attention scores of fresh memory, not [B, N, T, S]."""
+  return deterministic and batch > 1 and jax.default_backend() == 'cpu'
+
+
 def _key_mask(src_mask_bs: Array | None) -> Array | None:
   """[B, S] key-padding mask -> [B, 1, 1, S] for dot_product_attention."""
   return None if src_mask_bs is None else src_mask_bs[:, None, None, :]
@@ -629,22 +635,25 @@ class SaxGPT(nnx.Module):
     then needs its own [1, N, S, S] attention scores, not [B, N, S, S] of fresh memory (large, 16 x 1505
     frames: 154 MB of temporaries instead of 2.7 GB; `bench decode --batch=16`: encoder pass 17-20 s
     instead of 24 s, peak RSS 2.8 instead of 5.3 GB; BENCHMARKS.md, session 12)."""
-    s = src_bks.shape[2]
-    if deterministic and src_bks.shape[0] > 1 and jax.default_backend() == 'cpu':
+    if _one_row_at_a_time(deterministic, src_bks.shape[0]):
       check_cudnn_key_mask(self.cfg, src_mask_bs)  # before the map traces the mask
-      graphdef, state = nnx.split(self)
+      return self._map_rows(lambda m, src, mask: m.encode(src, mask), src_bks, src_mask_bs)
+    return self._encode(src_bks, src_mask_bs, deterministic, rngs)[0][:, :src_bks.shape[2]]
 
-      def one_backing(row):
-        src_ks, mask_s = row
-        mask = None if mask_s is None else mask_s[None]
-        return nnx.merge(graphdef, state)._encode(src_ks[None], mask, True, None)[0][0, :s]
-
-      return jax.lax.map(one_backing, (src_bks, src_mask_bs))
-    return self._encode(src_bks, src_mask_bs, deterministic, rngs)[0][:, :s]
+  def _map_rows(self, fn: Callable, *arrays: Array | None) -> Array:
+    """fn(model, *arrays' rows, each with a batch axis of 1) -> [1, ...], one row after the other
+    (`lax.map`) -> [B, ...]. None arrays pass through as None."""
+    graphdef, state = nnx.split(self)
+    one = lambda rows: fn(nnx.merge(graphdef, state), *(None if r is None else r[None] for r in rows))[0]
+    return jax.lax.map(one, arrays)
 
   def __call__(self, src_bks: Array, tgt_bkt: Array, src_mask_bs: Array | None = None, *,
                deterministic: bool = True, rngs: nnx.Rngs | None = None) -> Array:
-    """Teacher-forced logits float32 [B,K,T,V] for decoder input tgt_bkt [B,K,T] (causal)."""
+    """Teacher-forced logits float32 [B,K,T,V] for decoder input tgt_bkt [B,K,T] (causal). In inference
+    on XLA:CPU one row at a time, as `encode`."""
+    if _one_row_at_a_time(deterministic, src_bks.shape[0]):
+      check_cudnn_key_mask(self.cfg, src_mask_bs)
+      return self._map_rows(lambda m, src, tgt, mask: m(src, tgt, mask), src_bks, tgt_bkt, src_mask_bs)
     memory, src_mask_bs = self._encode(src_bks, src_mask_bs, deterministic, rngs)
     self._check_tokens('tgt', tgt_bkt)
     x = self._embed(tgt_bkt, jnp.arange(tgt_bkt.shape[2]), deterministic, rngs)

@@ -180,19 +180,23 @@ def test_attention_dropout_path_computes_attention_and_drops_probabilities():
   np.testing.assert_array_equal(a, heavy(src, tgt, mask, deterministic=False, rngs=nnx.Rngs(dropout=1)))
 
 
-def test_inference_encode_of_several_backings_on_cpu_runs_one_at_a_time_with_the_same_memory():
-  """On XLA:CPU `encode` maps the encoder over the backings (less fresh memory per pass): the memory equals
-  the batched pass's, with each row's own key mask, and without a mask."""
+def test_inference_on_cpu_runs_one_row_at_a_time_with_the_same_outputs(monkeypatch):
+  """On XLA:CPU, inference `encode` and the teacher-forced forward map over the batch (less fresh memory per
+  pass): memory and logits equal the batched pass's, with each row's own key mask, and without a mask."""
   model = tiny_model(num_encoder_layers=2)
   rng = np.random.default_rng(11)
   src = jnp.asarray(rng.integers(0, 2048, (3, 4, 17)))
+  tgt = jnp.asarray(rng.integers(0, 2048, (3, 4, 13)))
   mask = jnp.asarray(np.arange(17)[None] < np.array([[17], [9], [0]]))
-  assert 'scan' in str(jax.make_jaxpr(lambda s: model.encode(s, mask))(src))  # the map is taken here
-  for m in (mask, None):
-    batched = model._encode(src, m, True, None)[0]
-    assert rel_err(model.encode(src, m), batched) <= 1e-5
-  with_mask = model.encode(src, mask)
-  assert not np.allclose(with_mask[1], model.encode(src)[1], atol=1e-4)  # row 1's padding is masked
+  for run in (lambda m: model.encode(src, m), lambda m: model(src, tgt, m)):
+    assert 'scan' in str(jax.make_jaxpr(run)(mask))  # the map is taken here
+    one_at_a_time = [run(mask), run(None)]
+    assert not np.allclose(one_at_a_time[0][1], one_at_a_time[1][1], atol=1e-4)  # row 1's padding is masked
+    with monkeypatch.context() as patch:
+      patch.setattr(model_lib, '_one_row_at_a_time', lambda *a: False)
+      assert 'scan' not in str(jax.make_jaxpr(lambda m: run(m))(mask))  # a new trace, not the cached one
+      for got, m in zip(one_at_a_time, (mask, None)):
+        assert rel_err(got, run(m)) <= 1e-5
 
 
 def _training_loss_grad(model):
