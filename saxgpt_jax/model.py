@@ -636,7 +636,8 @@ class SaxGPT(nnx.Module):
     frames: 154 MB of temporaries instead of 2.7 GB; `bench decode --batch=16`: encoder pass 17-20 s
     instead of 24 s, peak RSS 2.8 instead of 5.3 GB; BENCHMARKS.md, session 12)."""
     if _one_row_at_a_time(deterministic, src_bks.shape[0]):
-      check_cudnn_key_mask(self.cfg, src_mask_bs)  # before the map traces the mask
+      self._check_tokens('src', src_bks)  # the checks see the whole batch, before the map traces it
+      check_cudnn_key_mask(self.cfg, src_mask_bs)
       return self._map_rows(lambda m, src, mask: m.encode(src, mask), src_bks, src_mask_bs)
     return self._encode(src_bks, src_mask_bs, deterministic, rngs)[0][:, :src_bks.shape[2]]
 
@@ -652,6 +653,8 @@ class SaxGPT(nnx.Module):
     """Teacher-forced logits float32 [B,K,T,V] for decoder input tgt_bkt [B,K,T] (causal). In inference
     on XLA:CPU one row at a time, as `encode`."""
     if _one_row_at_a_time(deterministic, src_bks.shape[0]):
+      self._check_tokens('src', src_bks)
+      self._check_tokens('tgt', tgt_bkt)
       check_cudnn_key_mask(self.cfg, src_mask_bs)
       return self._map_rows(lambda m, src, tgt, mask: m(src, tgt, mask), src_bks, tgt_bkt, src_mask_bs)
     memory, src_mask_bs = self._encode(src_bks, src_mask_bs, deterministic, rngs)

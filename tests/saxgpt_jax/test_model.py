@@ -188,6 +188,10 @@ def test_inference_on_cpu_runs_one_row_at_a_time_with_the_same_outputs(monkeypat
   src = jnp.asarray(rng.integers(0, 2048, (3, 4, 17)))
   tgt = jnp.asarray(rng.integers(0, 2048, (3, 4, 13)))
   mask = jnp.asarray(np.arange(17)[None] < np.array([[17], [9], [0]]))
+  with pytest.raises(ValueError, match=r'got shape \(3, 3, 17\)'):  # checked on the whole batch
+    model.encode(src[:, :3])
+  with pytest.raises(ValueError, match=r'tgt must be .* got shape \(3, 3, 13\)'):
+    model(src, tgt[:, :3])
   for run in (lambda m: model.encode(src, m), lambda m: model(src, tgt, m)):
     assert 'scan' in str(jax.make_jaxpr(run)(mask))  # the map is taken here
     one_at_a_time = [run(mask), run(None)]
