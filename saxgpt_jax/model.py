@@ -605,6 +605,11 @@ class SaxGPT(nnx.Module):
           f'{name} has {tokens.shape[2]} positions but model.max_seq_len is {cfg.max_seq_len}; '
           'use shorter windows (data.seq_len) or a model with a longer max_seq_len.')
 
+  def _check_src(self, src_bks: Array, src_mask_bs: Array | None) -> None:
+    """The backing's token shape, and its key mask where cuDNN reads it as lengths (`check_cudnn_key_mask`)."""
+    self._check_tokens('src', src_bks)
+    check_cudnn_key_mask(self.cfg, src_mask_bs)
+
   # --- full forward ----------------------------------------------------------------------------
   def _encode(self, src_bks: Array, src_mask_bs: Array | None, deterministic: bool, rngs: nnx.Rngs | None
               ) -> tuple[Array, Array | None]:
@@ -612,8 +617,7 @@ class SaxGPT(nnx.Module):
     when S is odd (1505 = 1500 frames + K + 1): one masked zero frame is appended to the embeddings, so
     the flash-attention kernels, which take only even lengths with a key mask, get them without a pad and
     a slice of q/k/v in every layer (`_flash_attention`)."""
-    self._check_tokens('src', src_bks)
-    check_cudnn_key_mask(self.cfg, src_mask_bs)
+    self._check_src(src_bks, src_mask_bs)
     x = self._embed(src_bks, jnp.arange(src_bks.shape[2]), deterministic, rngs)
     b, s = src_bks.shape[0], src_bks.shape[2]
     if s % 2 and _uses_cudnn(self.cfg):
@@ -636,8 +640,7 @@ class SaxGPT(nnx.Module):
     frames: 154 MB of temporaries instead of 2.7 GB; `bench decode --batch=16`: encoder pass 17-20 s
     instead of 24 s, peak RSS 2.8 instead of 5.3 GB; BENCHMARKS.md, session 12)."""
     if _one_row_at_a_time(deterministic, src_bks.shape[0]):
-      self._check_tokens('src', src_bks)  # the checks see the whole batch, before the map traces it
-      check_cudnn_key_mask(self.cfg, src_mask_bs)
+      self._check_src(src_bks, src_mask_bs)  # on the whole batch, before the map traces it
       return self._map_rows(lambda m, src, mask: m.encode(src, mask), src_bks, src_mask_bs)
     return self._encode(src_bks, src_mask_bs, deterministic, rngs)[0][:, :src_bks.shape[2]]
 
@@ -653,9 +656,8 @@ class SaxGPT(nnx.Module):
     """Teacher-forced logits float32 [B,K,T,V] for decoder input tgt_bkt [B,K,T] (causal). In inference
     on XLA:CPU one row at a time, as `encode`."""
     if _one_row_at_a_time(deterministic, src_bks.shape[0]):
-      self._check_tokens('src', src_bks)
+      self._check_src(src_bks, src_mask_bs)
       self._check_tokens('tgt', tgt_bkt)
-      check_cudnn_key_mask(self.cfg, src_mask_bs)
       return self._map_rows(lambda m, src, tgt, mask: m(src, tgt, mask), src_bks, tgt_bkt, src_mask_bs)
     memory, src_mask_bs = self._encode(src_bks, src_mask_bs, deterministic, rngs)
     self._check_tokens('tgt', tgt_bkt)
