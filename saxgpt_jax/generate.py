@@ -11,6 +11,9 @@ with --codec (needs the `preprocess` extra; token in/out works without it).
 with a samples axis before the codebooks when --num_samples > 1. Otherwise --output is a folder that gets,
 per input NAME (and sample suffix `_s{i}` when --num_samples > 1): NAME_solo.npy, and for audio inputs
 NAME_solo.wav and NAME_mix.wav (backing + solo, clipped to [-1, 1]); plus one summary.json.
+In a folder, a backing that cannot be read (corrupt or empty audio, a .npy of the wrong shape) is skipped
+with a warning and listed under "skipped" in summary.json; the others are generated, and the command then
+exits with status 1 naming the skipped files.
 
 Long-form: a backing longer than one window (model.max_seq_len - K - 1 frames, 1500 = 30 s for the
 presets) is generated with sliding windows. Each new window starts `--window_stride` frames after the
@@ -24,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +43,10 @@ from saxgpt_jax.model import SaxGPT
 
 AUDIO_SUFFIXES = ('.wav', '.flac', '.mp3', '.ogg', '.m4a', '.aiff', '.aif', '.opus', '.webm')
 FRAME_RATE = 50  # EnCodec 32 kHz frames per second
+
+
+class BackingError(ValueError):
+  """A backing input that cannot be used; the message names the file and the problem."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,22 +149,43 @@ def _inputs(backing: str) -> list[Path]:
 
 def load_tokens(path: Path, num_codebooks: int) -> tuple[np.ndarray, bool]:
   """A raw token .npy as (int32 [B, K, N], whether the file held a single [K, N] track), with a clear
-  error for wrong shapes or codes."""
-  tokens = np.load(path)
+  error (BackingError) for an unreadable file, wrong shapes or codes."""
+  try:
+    tokens = np.load(path)
+  except (OSError, ValueError, EOFError) as e:
+    raise BackingError(f'{path}: not a readable .npy file ({e}).') from e
   single = tokens.ndim == 2
   if single:
     tokens = tokens[None]
   if tokens.ndim != 3 or tokens.shape[1] != num_codebooks:
-    raise SystemExit(f'{path}: expected raw tokens [{num_codebooks}, N] or [B, {num_codebooks}, N], got {tokens.shape}.')
+    raise BackingError(f'{path}: expected raw tokens [{num_codebooks}, N] or [B, {num_codebooks}, N], got {tokens.shape}.')
+  if tokens.size == 0:
+    raise BackingError(f'{path}: holds no tokens (shape {tokens.shape}).')
   if not np.issubdtype(tokens.dtype, np.integer) or tokens.min() < 0 or tokens.max() > 2047:
-    raise SystemExit(f'{path}: tokens must be integer codes in [0, 2047] (raw, not delayed).')
+    raise BackingError(f'{path}: tokens must be integer codes in [0, 2047] (raw, not delayed).')
   return tokens.astype(np.int32), single
+
+
+def _read_backing(path: Path, num_codebooks: int, codec) -> tuple[np.ndarray, bool, np.ndarray | None]:
+  """One input -> (raw tokens int32 [B, K, N], whether a .npy held a single [K, N] track, the prepared
+  32 kHz mono wave of an audio input or None). Raises BackingError naming the file."""
+  if path.suffix == '.npy':
+    return (*load_tokens(path, num_codebooks), None)
+  audio, _ = _audio_modules()
+  try:
+    wave = audio.prepare(*audio.load_audio(path))
+  except audio.AudioError as e:
+    raise BackingError(str(e)) from e
+  return codec.encode(wave, audio.TARGET_SR)[None].astype(np.int32), True, wave
 
 
 def run(*, checkpoint: str, backing: str, output: str, sampling: decode.SamplingParams, seed: int,
         num_samples: int, max_frames: int | None, max_seconds: float | None, window_stride: int | None,
         codec_spec: str | None, best: bool = False, progress: bool = True) -> dict:
-  """Generates for every input; returns the summary (also written to OUTPUT/summary.json in folder mode)."""
+  """Generates for every input; returns the summary (also written to OUTPUT/summary.json in folder mode).
+
+  A single unusable backing raises SystemExit with the reason; in a folder it is skipped and listed under
+  summary['skipped'] ({'input', 'error'} each)."""
   if num_samples < 1:
     raise SystemExit(f'--num_samples must be >= 1, got {num_samples}.')
   model, config = ckpt_lib.load_model(checkpoint, best=best)
@@ -172,21 +201,27 @@ def run(*, checkpoint: str, backing: str, output: str, sampling: decode.Sampling
   out_dir = Path(output).parent if token_file else Path(output)
   out_dir.mkdir(parents=True, exist_ok=True)
   codec = None
+  if any(p.suffix != '.npy' for p in inputs):  # before any work: a codec that cannot load fails them all
+    audio, codec_lib = _audio_modules()
+    spec = codec_spec or config.data.get('codec', 'facebook/encodec_32khz')
+    try:
+      codec = codec_lib.Codec.load(spec)
+    except codec_lib.CodecError as e:
+      raise SystemExit(f'--codec={spec}: {e}\nFor this command, pass that DIR (or random:SEED) as --codec.') from e
   summary = {'checkpoint': str(checkpoint), 'seed': seed, 'num_samples': num_samples,
              'window_stride': stride, 'sampling': {k: np.asarray(v).item() for k, v in
-                                                    dataclasses.asdict(sampling).items()}, 'outputs': []}
+                                                    dataclasses.asdict(sampling).items()}, 'outputs': [], 'skipped': []}
   rng = jax.random.key(seed)
   for i, path in enumerate(inputs):
     t0 = time.time()
-    wave, single = None, True
-    if path.suffix == '.npy':
-      tokens, single = load_tokens(path, k_count)
-    else:
-      audio, codec_lib = _audio_modules()
-      if codec is None:
-        codec = codec_lib.Codec.load(codec_spec or config.data.get('codec', 'facebook/encodec_32khz'))
-      wave = audio.prepare(*audio.load_audio(path))
-      tokens = codec.encode(wave, audio.TARGET_SR)[None].astype(np.int32)
+    try:
+      tokens, single, wave = _read_backing(path, k_count, codec)
+    except BackingError as e:
+      if len(inputs) == 1:
+        raise SystemExit(str(e)) from e
+      logging.warning('skipping %s', e)
+      summary['skipped'].append({'input': str(path), 'error': str(e)})
+      continue
     solo = generate_solo(model, tokens, num_frames=min(cap, tokens.shape[2]), window_stride=stride,
                          sampling=sampling, rng=jax.random.fold_in(rng, i), num_samples=num_samples,
                          progress=progress)
@@ -257,17 +292,27 @@ def main(argv):
   for name in ('checkpoint', 'backing', 'output'):
     if not f[name].value:
       raise app.UsageError(f'--{name} is required (see --help).')
-  config = ckpt_lib.read_config(f.checkpoint)
-  pick = lambda value, default: default if value is None else value
-  sampling = decode.SamplingParams.make(
-      temperature=pick(f.temperature, config.sample.temperature), top_k=pick(f.top_k, config.sample.top_k),
-      top_p=pick(f.top_p, config.sample.top_p), greedy=pick(f.greedy, config.sample.greedy))
-  summary = run(checkpoint=f.checkpoint, backing=f.backing, output=f.output, sampling=sampling, seed=f.seed,
-                num_samples=f.num_samples, max_frames=f.max_frames, max_seconds=f.max_seconds,
-                window_stride=f.window_stride, codec_spec=f.codec, best=f.best)
+  try:
+    config = ckpt_lib.read_config(f.checkpoint)
+    pick = lambda value, default: default if value is None else value
+    sampling = decode.SamplingParams.make(
+        temperature=pick(f.temperature, config.sample.temperature), top_k=pick(f.top_k, config.sample.top_k),
+        top_p=pick(f.top_p, config.sample.top_p), greedy=pick(f.greedy, config.sample.greedy))
+  except (ckpt_lib.CheckpointError, ValueError) as e:  # no checkpoint config, or a bad sampling flag
+    sys.exit(f'error: {e}')
+  try:
+    summary = run(checkpoint=f.checkpoint, backing=f.backing, output=f.output, sampling=sampling, seed=f.seed,
+                  num_samples=f.num_samples, max_frames=f.max_frames, max_seconds=f.max_seconds,
+                  window_stride=f.window_stride, codec_spec=f.codec, best=f.best)
+  except ckpt_lib.CheckpointError as e:  # parameters that do not fit, or none saved
+    sys.exit(f'error: {e}')
   for entry in summary['outputs']:
     print(f"{entry['input']}: {entry['seconds']:.1f} s of solo in {entry['windows']} window(s) -> "
           f"{', '.join(entry['files'])}")
+  if summary['skipped']:
+    sys.exit(f"error: {len(summary['skipped'])} of {len(summary['skipped']) + len(summary['outputs'])} "
+             'backings skipped (the rest were generated; summary.json lists them):\n'
+             + '\n'.join(f"  - {s['error']}" for s in summary['skipped']))
 
 
 if __name__ == '__main__':

@@ -135,3 +135,32 @@ def test_bad_inputs_get_clear_errors(tiny_checkpoint, tmp_path):
     generate.run(checkpoint=str(tmp_path / 'nockpt'), backing=str(tmp_path / 'bad.npy'), output='x.npy',
                  sampling=GREEDY, seed=0, num_samples=1, max_frames=None, max_seconds=None, window_stride=None,
                  codec_spec=None)
+
+
+def test_command_skips_unreadable_backings_in_a_folder_and_names_them(tiny_checkpoint, tmp_path):
+  """A folder with bad inputs among good ones: the good ones are generated, summary.json lists the skipped
+  ones, and the command exits 1 naming each, without a traceback; a missing checkpoint is one error line."""
+  folder = tmp_path / 'in'
+  folder.mkdir()
+  rng = np.random.default_rng(2)
+  np.save(folder / 'a.npy', rng.integers(0, 2048, (4, 20)))
+  np.save(folder / 'b.npy', np.zeros((3, 10), np.int64))  # 3 codebooks
+  (folder / 'c.wav').write_bytes(b'')  # empty audio
+  (folder / 'd.npy').write_bytes(b'not a numpy file')
+  np.save(folder / 'e.npy', rng.integers(0, 2048, (4, 20)))
+  cli = lambda checkpoint: subprocess.run(
+      [sys.executable, '-m', 'saxgpt_jax.generate', f'--checkpoint={checkpoint}', f'--backing={folder}',
+       f'--output={tmp_path / "out"}', '--greedy'], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  result = cli(tiny_checkpoint)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert 'error: 3 of 5 backings skipped' in result.stderr, result.stderr[-3000:]
+  for name, why in (('b.npy', r'expected raw tokens [4, N]'), ('c.wav', 'file is empty (0 bytes)'),
+                    ('d.npy', 'not a readable .npy file')):
+    assert f'  - {folder / name}: {why}' in result.stderr, result.stderr[-3000:]
+  summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+  assert [entry['input'] for entry in summary['outputs']] == [str(folder / 'a.npy'), str(folder / 'e.npy')]
+  assert [entry['input'] for entry in summary['skipped']] == [str(folder / n) for n in ('b.npy', 'c.wav', 'd.npy')]
+  assert np.load(tmp_path / 'out' / 'a_solo.npy').shape == np.load(tmp_path / 'out' / 'e_solo.npy').shape == (4, 20)
+  result = cli(tmp_path / 'nockpt')
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(f'error: {tmp_path / "nockpt"}/config.json not found')
