@@ -15,6 +15,7 @@ target arrays, so a checkpoint saved on 8 devices restores on 1 (or on another m
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -216,14 +217,28 @@ def save_params(directory: str | os.PathLike, model: nnx.Module, config: ml_coll
     return as_path(mngr.directory)
 
 
-def restore_params(directory: str | os.PathLike, abstract_params: Any, *, step: int | None = None,
-                   best: bool = False) -> tuple[Any, int]:
-  """Restores only the 'params' item into the structure, dtypes and shardings of `abstract_params`
-  (a pure dict of ShapeDtypeStructs). Returns (params, step)."""
+@contextlib.contextmanager
+def _reading(directory: str | os.PathLike):
+  """A read-only manager over the checkpoints of `directory` (a workdir, its checkpoints/ folder, or a
+  converted checkpoint)."""
   directory = checkpoint_dir(directory)
   if not directory.is_dir():
     raise CheckpointError(f'checkpoint directory {directory} does not exist')
   with manager(directory, read_only=True, async_save=False) as mngr:
+    yield mngr
+
+
+def chosen_step(directory: str | os.PathLike, *, best: bool = False) -> int:
+  """The step that `load_model(directory, best=best)` restores: the best or else the latest checkpoint."""
+  with _reading(directory) as mngr:
+    return resolve_step(mngr, None, best)
+
+
+def restore_params(directory: str | os.PathLike, abstract_params: Any, *, step: int | None = None,
+                   best: bool = False) -> tuple[Any, int]:
+  """Restores only the 'params' item into the structure, dtypes and shardings of `abstract_params`
+  (a pure dict of ShapeDtypeStructs). Returns (params, step)."""
+  with _reading(directory) as mngr:
     step = resolve_step(mngr, step, best)
     check_param_shapes(mngr, step, abstract_params)
     restored = mngr.restore(step, args=ocp.args.Composite(

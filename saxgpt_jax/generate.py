@@ -13,7 +13,10 @@ per input NAME (and sample suffix `_s{i}` when --num_samples > 1): NAME_solo.npy
 NAME_solo.wav and NAME_mix.wav (backing + solo, clipped to [-1, 1]); plus one summary.json.
 In a folder, a backing that cannot be read (corrupt or empty audio, a .npy of the wrong shape) is skipped
 with a warning and listed under "skipped" in summary.json; the others are generated, and the command then
-exits with status 1 naming the skipped files.
+exits with status 1 naming the skipped files. Rerun the same command into the same folder to resume: inputs
+that summary.json lists as generated with the same checkpoint step and settings, whose files are all there,
+are kept; the rest (new, fixed or interrupted ones) are generated. Each input's random stream is keyed by its
+file name, so a solo does not depend on which other files the folder holds.
 
 Long-form: a backing longer than one window (model.max_seq_len - K - 1 frames, 1500 = 30 s for the
 presets) is generated with sliding windows. Each new window starts `--window_stride` frames after the
@@ -29,6 +32,7 @@ import json
 import os
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import jax
@@ -158,7 +162,8 @@ def load_tokens(path: Path, num_codebooks: int) -> tuple[np.ndarray, bool]:
   if single:
     tokens = tokens[None]
   if tokens.ndim != 3 or tokens.shape[1] != num_codebooks:
-    raise BackingError(f'{path}: expected raw tokens [{num_codebooks}, N] or [B, {num_codebooks}, N], got {tokens.shape}.')
+    raise BackingError(f'{path}: expected raw tokens [{num_codebooks}, N] or [B, {num_codebooks}, N], '
+                       f'got {tokens.shape}.')
   if tokens.size == 0:
     raise BackingError(f'{path}: holds no tokens (shape {tokens.shape}).')
   if not np.issubdtype(tokens.dtype, np.integer) or tokens.min() < 0 or tokens.max() > 2047:
@@ -179,16 +184,41 @@ def _read_backing(path: Path, num_codebooks: int, codec) -> tuple[np.ndarray, bo
   return codec.encode(wave, audio.TARGET_SR)[None].astype(np.int32), True, wave
 
 
+# summary.json keys that must match for an earlier run's solos to be kept (`_finished_entries`).
+RESUME_KEYS = ('checkpoint', 'checkpoint_step', 'seed', 'num_samples', 'window_stride', 'frame_cap', 'sampling')
+
+
+def _finished_entries(out_dir: Path, summary: dict) -> dict[str, dict]:
+  """input -> entry of an earlier run's summary.json in out_dir with the same RESUME_KEYS as `summary`,
+  for the inputs whose files all exist (resume); {} when there is none or its settings differ."""
+  try:
+    earlier = json.loads((out_dir / 'summary.json').read_text())
+  except (FileNotFoundError, json.JSONDecodeError):
+    return {}
+  if any(earlier.get(key) != summary[key] for key in RESUME_KEYS):
+    logging.warning('%s/summary.json was written with other settings: generating every input again', out_dir)
+    return {}
+  return {e['input']: e for e in earlier.get('outputs', []) if all(Path(f).is_file() for f in e['files'])}
+
+
+def _write_summary(out_dir: Path, summary: dict) -> None:
+  tmp = out_dir / '.summary.json.tmp'
+  tmp.write_text(json.dumps(summary, indent=2))
+  os.replace(tmp, out_dir / 'summary.json')
+
+
 def run(*, checkpoint: str, backing: str, output: str, sampling: decode.SamplingParams, seed: int,
         num_samples: int, max_frames: int | None, max_seconds: float | None, window_stride: int | None,
         codec_spec: str | None, best: bool = False, progress: bool = True) -> dict:
   """Generates for every input; returns the summary (also written to OUTPUT/summary.json in folder mode).
 
   A single unusable backing raises SystemExit with the reason; in a folder it is skipped and listed under
-  summary['skipped'] ({'input', 'error'} each)."""
+  summary['skipped'] ({'input', 'error'} each). In folder mode summary.json is rewritten after every input,
+  and a rerun keeps the inputs an earlier run finished with the same settings (`_finished_entries`)."""
   if num_samples < 1:
     raise SystemExit(f'--num_samples must be >= 1, got {num_samples}.')
-  model, config = ckpt_lib.load_model(checkpoint, best=best)
+  step = ckpt_lib.chosen_step(checkpoint, best=best)
+  model, config = ckpt_lib.load_model(checkpoint, step=step)
   k_count = model.cfg.num_codebooks
   window = model.cfg.max_seq_len - k_count - 1
   stride = window_stride or min(config.sample.window_stride, window)  # a flag out of range is an error
@@ -208,11 +238,17 @@ def run(*, checkpoint: str, backing: str, output: str, sampling: decode.Sampling
       codec = codec_lib.Codec.load(spec)
     except codec_lib.CodecError as e:
       raise SystemExit(f'--codec={spec}: {e}\nFor this command, pass that DIR (or random:SEED) as --codec.') from e
-  summary = {'checkpoint': str(checkpoint), 'seed': seed, 'num_samples': num_samples,
-             'window_stride': stride, 'sampling': {k: np.asarray(v).item() for k, v in
-                                                    dataclasses.asdict(sampling).items()}, 'outputs': [], 'skipped': []}
+  summary = {'checkpoint': str(checkpoint), 'checkpoint_step': step, 'seed': seed, 'num_samples': num_samples,
+             'window_stride': stride, 'frame_cap': None if cap == 1 << 62 else cap,
+             'sampling': {k: np.asarray(v).item() for k, v in dataclasses.asdict(sampling).items()},
+             'outputs': [], 'skipped': []}
+  finished = {} if token_file else _finished_entries(out_dir, summary)
   rng = jax.random.key(seed)
-  for i, path in enumerate(inputs):
+  for path in inputs:
+    if str(path) in finished:
+      summary['outputs'].append(finished[str(path)])
+      logging.info('%s: kept from the earlier run (%s/summary.json)', path.name, out_dir)
+      continue
     t0 = time.time()
     try:
       tokens, single, wave = _read_backing(path, k_count, codec)
@@ -221,10 +257,11 @@ def run(*, checkpoint: str, backing: str, output: str, sampling: decode.Sampling
         raise SystemExit(str(e)) from e
       logging.warning('skipping %s', e)
       summary['skipped'].append({'input': str(path), 'error': str(e)})
+      _write_summary(out_dir, summary)
       continue
+    key = jax.random.fold_in(rng, zlib.crc32(path.name.encode()) & 0x7FFFFFFF)  # by name, not by position
     solo = generate_solo(model, tokens, num_frames=min(cap, tokens.shape[2]), window_stride=stride,
-                         sampling=sampling, rng=jax.random.fold_in(rng, i), num_samples=num_samples,
-                         progress=progress)
+                         sampling=sampling, rng=key, num_samples=num_samples, progress=progress)
     entry = {'input': str(path), 'frames': int(solo.shape[-1]), 'seconds': solo.shape[-1] / FRAME_RATE,
              'windows': len(plan_windows(model, solo.shape[-1], stride).starts), 'files': []}
     if token_file:
@@ -247,12 +284,12 @@ def run(*, checkpoint: str, backing: str, output: str, sampling: decode.Sampling
             entry['files'] += [str(out_dir / f'{name}_solo.wav'), str(out_dir / f'{name}_mix.wav')]
     entry['elapsed_s'] = round(time.time() - t0, 2)
     summary['outputs'].append(entry)
+    if not token_file:
+      _write_summary(out_dir, summary)
     logging.info('%s: %d frames (%.1f s) x %d sample(s) in %.1f s', path.name, entry['frames'], entry['seconds'],
                  num_samples, entry['elapsed_s'])
   if not token_file:
-    tmp = out_dir / '.summary.json.tmp'
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out_dir / 'summary.json')
+    _write_summary(out_dir, summary)  # also when every input was kept from the earlier run
   return summary
 
 
@@ -273,7 +310,8 @@ def define_flags() -> None:
   flags.DEFINE_float('temperature', None, 'Sampling temperature (default: config sample.temperature).')
   flags.DEFINE_integer('top_k', None, 'Keep the k most likely codes, 0 = off (default: config).')
   flags.DEFINE_float('top_p', None, 'Nucleus sampling mass, 0 = off (default: config).')
-  flags.DEFINE_integer('seed', 0, 'Random seed; sample i of every input is reproducible from it.')
+  flags.DEFINE_integer('seed', 0, 'Random seed; the samples of every input (keyed by its file name) are '
+                       'reproducible from it.')
   flags.DEFINE_integer('num_samples', 1, 'Variations per input (files get _s{i} suffixes).')
   flags.DEFINE_integer('max_frames', None, 'Solo frames to generate (50 per second); default the '
                        'backing length.')

@@ -1,6 +1,7 @@
 """saxgpt_jax.generate and convert_torch end to end: fixture parity through the CLI, seams, audio out."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -164,3 +165,50 @@ def test_command_skips_unreadable_backings_in_a_folder_and_names_them(tiny_check
   result = cli(tmp_path / 'nockpt')
   assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
   assert result.stderr.strip().splitlines()[-1].startswith(f'error: {tmp_path / "nockpt"}/config.json not found')
+
+
+def test_a_rerun_into_the_same_folder_keeps_finished_solos_and_generates_the_rest(tiny_checkpoint, tmp_path,
+                                                                                monkeypatch):
+  """An interrupted folder run leaves summary.json listing what it finished; the rerun keeps those files
+  and generates the skipped-then-fixed and the unfinished inputs, each as a run over it alone would."""
+  folder = tmp_path / 'in'
+  folder.mkdir()
+  rng = np.random.default_rng(4)
+  np.save(folder / 'a.npy', rng.integers(0, 2048, (4, 20)))
+  np.save(folder / 'b.npy', np.zeros((3, 10), np.int64))  # wrong shape: skipped
+  np.save(folder / 'c.npy', rng.integers(0, 2048, (4, 20)))
+  run = lambda backing, output, seed=0: generate.run(
+      checkpoint=str(tiny_checkpoint), backing=str(backing), output=str(output),
+      sampling=decode.SamplingParams.make(temperature=1.0), seed=seed, num_samples=1, max_frames=None,
+      max_seconds=None, window_stride=None, codec_spec=None, progress=False)
+  solo_of = lambda out, name: np.load(out / f'{name}_solo.npy')
+  out = tmp_path / 'out'
+  with monkeypatch.context() as patch:
+    calls = []
+    real = generate.generate_solo
+    def interrupted_on_the_second(*args, **kwargs):
+      calls.append(1)
+      if len(calls) == 2:
+        raise KeyboardInterrupt
+      return real(*args, **kwargs)
+    patch.setattr(generate, 'generate_solo', interrupted_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+      run(folder, out)
+  on_disk = json.loads((out / 'summary.json').read_text())
+  assert [e['input'] for e in on_disk['outputs']] == [str(folder / 'a.npy')]
+  assert [e['input'] for e in on_disk['skipped']] == [str(folder / 'b.npy')]
+  a_written, a_first = (out / 'a_solo.npy').stat().st_mtime_ns, solo_of(out, 'a')
+  np.save(folder / 'b.npy', rng.integers(0, 2048, (4, 20)))  # fixed
+  summary = run(folder, out)
+  assert [e['input'] for e in summary['outputs']] == [str(folder / n) for n in ('a.npy', 'b.npy', 'c.npy')]
+  assert not summary['skipped'] and summary['outputs'][0] == on_disk['outputs'][0]
+  assert (out / 'a_solo.npy').stat().st_mtime_ns == a_written  # kept, not generated again
+  alone = tmp_path / 'alone'
+  alone.mkdir()
+  for name in ('b', 'c'):  # keyed by file name: the same solo as a run over that file alone
+    shutil.copy(folder / f'{name}.npy', alone / f'{name}.npy')
+    run(alone / f'{name}.npy', tmp_path / f'alone_{name}')
+    np.testing.assert_array_equal(solo_of(out, name), solo_of(tmp_path / f'alone_{name}', name))
+  assert not np.array_equal(solo_of(out, 'b'), solo_of(out, 'c'))
+  run(folder, out, seed=1)  # other settings: every input again
+  assert not np.array_equal(solo_of(out, 'a'), a_first)
