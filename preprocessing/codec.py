@@ -61,9 +61,10 @@ def _offline_help(spec: str, cause: str) -> str:
       f'  huggingface-cli download {spec} --local-dir DIR\n'
       f'or in Python:\n'
       f'  from huggingface_hub import snapshot_download; snapshot_download("{spec}", local_dir="DIR")\n'
-      f'then copy DIR here and point at it with --config.codec.weights=DIR (Codec.load("DIR")), or copy the '
-      f'Hugging Face cache (~/.cache/huggingface/hub) here. For tests and the offline demo, '
-      f'--config.codec.weights=random:0 builds the same architecture with seeded weights.')
+      f'then copy DIR here and point at it (preprocessing: --config.codec.weights=DIR; saxgpt_jax.generate and '
+      f'evaluate: --codec=DIR; Python: Codec.load("DIR")), or copy the Hugging Face cache '
+      f'(~/.cache/huggingface/hub) here. For tests and the offline demo, the spec random:0 builds the same '
+      f'architecture with seeded weights.')
 
 
 def _hf_offline() -> bool:

@@ -15,8 +15,9 @@ In a folder, a backing that cannot be read (corrupt or empty audio, a .npy of th
 with a warning and listed under "skipped" in summary.json; the others are generated, and the command then
 exits with status 1 naming the skipped files. Rerun the same command into the same folder to resume: inputs
 that summary.json lists as generated with the same checkpoint step and settings, whose files are all there,
-are kept; the rest (new, fixed or interrupted ones) are generated. Each input's random stream is keyed by its
-file name, so a solo does not depend on which other files the folder holds.
+are kept (listed under "kept"); the rest (new, fixed or interrupted ones) are generated. Each input's random
+stream is keyed by its file name, so a solo does not depend on which other files the folder holds. The output
+folder must not be the backing folder, and two backings must not share a name stem (a.wav and a.npy).
 
 Long-form: a backing longer than one window (model.max_seq_len - K - 1 frames, 1500 = 30 s for the
 presets) is generated with sliding windows. Each new window starts `--window_stride` frames after the
@@ -184,6 +185,21 @@ def _read_backing(path: Path, num_codebooks: int, codec) -> tuple[np.ndarray, bo
   return codec.encode(wave, audio.TARGET_SR)[None].astype(np.int32), True, wave
 
 
+def _check_output_names(inputs: list[Path], out_dir: Path, backing: str) -> None:
+  """SystemExit before any work if the outputs would land among the inputs or two inputs would write the
+  same files (a.wav and a.npy both write a_solo.npy)."""
+  if Path(backing).is_dir() and out_dir.resolve() == Path(backing).resolve():
+    raise SystemExit(f'--output={out_dir} is the --backing folder: the solos would be read as backings on the '
+                     'next run. Pass another folder as --output.')
+  by_stem: dict[str, list[str]] = {}
+  for path in inputs:
+    by_stem.setdefault(path.stem, []).append(path.name)
+  clashes = [names for names in by_stem.values() if len(names) > 1]
+  if clashes:
+    raise SystemExit('these backings would write the same output files (NAME_solo.npy ...): '
+                     + '; '.join(' and '.join(names) for names in clashes) + '. Rename or move all but one of each.')
+
+
 # summary.json keys that must match for an earlier run's solos to be kept (`_finished_entries`).
 RESUME_KEYS = ('checkpoint', 'checkpoint_step', 'seed', 'num_samples', 'window_stride', 'frame_cap', 'sampling')
 
@@ -214,9 +230,16 @@ def run(*, checkpoint: str, backing: str, output: str, sampling: decode.Sampling
 
   A single unusable backing raises SystemExit with the reason; in a folder it is skipped and listed under
   summary['skipped'] ({'input', 'error'} each). In folder mode summary.json is rewritten after every input,
-  and a rerun keeps the inputs an earlier run finished with the same settings (`_finished_entries`)."""
+  and a rerun keeps the inputs an earlier run finished with the same settings (`_finished_entries`; listed
+  under summary['kept'])."""
   if num_samples < 1:
     raise SystemExit(f'--num_samples must be >= 1, got {num_samples}.')
+  inputs = _inputs(backing)
+  token_file = output.endswith('.npy')
+  if token_file and (len(inputs) != 1 or inputs[0].suffix != '.npy'):
+    raise SystemExit('--output=FILE.npy needs exactly one .npy backing; pass a folder as --output for audio.')
+  out_dir = Path(output).parent if token_file else Path(output)
+  _check_output_names(inputs, out_dir, backing)
   step = ckpt_lib.chosen_step(checkpoint, best=best)
   model, config = ckpt_lib.load_model(checkpoint, step=step)
   k_count = model.cfg.num_codebooks
@@ -224,11 +247,6 @@ def run(*, checkpoint: str, backing: str, output: str, sampling: decode.Sampling
   stride = window_stride or min(config.sample.window_stride, window)  # a flag out of range is an error
   cap = min(x for x in (max_frames, None if max_seconds is None else int(max_seconds * FRAME_RATE), 1 << 62)
             if x is not None)
-  inputs = _inputs(backing)
-  token_file = output.endswith('.npy')
-  if token_file and (len(inputs) != 1 or inputs[0].suffix != '.npy'):
-    raise SystemExit('--output=FILE.npy needs exactly one .npy backing; pass a folder as --output for audio.')
-  out_dir = Path(output).parent if token_file else Path(output)
   out_dir.mkdir(parents=True, exist_ok=True)
   codec = None
   if any(p.suffix != '.npy' for p in inputs):  # before any work: a codec that cannot load fails them all
@@ -237,17 +255,17 @@ def run(*, checkpoint: str, backing: str, output: str, sampling: decode.Sampling
     try:
       codec = codec_lib.Codec.load(spec)
     except codec_lib.CodecError as e:
-      raise SystemExit(f'--codec={spec}: {e}\nFor this command, pass that DIR (or random:SEED) as --codec.') from e
+      raise SystemExit(f'--codec={spec}: {e}') from e
   summary = {'checkpoint': str(checkpoint), 'checkpoint_step': step, 'seed': seed, 'num_samples': num_samples,
              'window_stride': stride, 'frame_cap': None if cap == 1 << 62 else cap,
              'sampling': {k: np.asarray(v).item() for k, v in dataclasses.asdict(sampling).items()},
-             'outputs': [], 'skipped': []}
+             'outputs': [], 'skipped': [], 'kept': []}
   finished = {} if token_file else _finished_entries(out_dir, summary)
   rng = jax.random.key(seed)
   for path in inputs:
     if str(path) in finished:
       summary['outputs'].append(finished[str(path)])
-      logging.info('%s: kept from the earlier run (%s/summary.json)', path.name, out_dir)
+      summary['kept'].append(str(path))
       continue
     t0 = time.time()
     try:
@@ -345,8 +363,8 @@ def main(argv):
   except ckpt_lib.CheckpointError as e:  # parameters that do not fit, or none saved
     sys.exit(f'error: {e}')
   for entry in summary['outputs']:
-    print(f"{entry['input']}: {entry['seconds']:.1f} s of solo in {entry['windows']} window(s) -> "
-          f"{', '.join(entry['files'])}")
+    how = 'kept from the earlier run' if entry['input'] in summary['kept'] else f"in {entry['windows']} window(s)"
+    print(f"{entry['input']}: {entry['seconds']:.1f} s of solo {how} -> {', '.join(entry['files'])}")
   if summary['skipped']:
     sys.exit(f"error: {len(summary['skipped'])} of {len(summary['skipped']) + len(summary['outputs'])} "
              'backings skipped (the rest were generated; summary.json lists them):\n'

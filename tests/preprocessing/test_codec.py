@@ -115,7 +115,7 @@ def test_offline_without_weights_says_how_to_fetch(monkeypatch, tmp_path):
     codec_lib.Codec.load('nonexistent-org/encodec_missing')
   message = str(e.value)
   assert 'huggingface-cli download nonexistent-org/encodec_missing --local-dir DIR' in message
-  assert '--config.codec.weights=DIR' in message
+  assert '--config.codec.weights=DIR' in message and '--codec=DIR' in message
   (tmp_path / 'empty').mkdir()
   with pytest.raises(codec_lib.CodecError, match='has no config.json'):
     codec_lib.Codec.load(str(tmp_path / 'empty'))

@@ -132,6 +132,15 @@ def test_bad_inputs_get_clear_errors(tiny_checkpoint, tmp_path):
   (tmp_path / 'notes.txt').write_text('x')
   with pytest.raises(SystemExit, match='unsupported type'):
     run(str(tmp_path / 'notes.txt'))
+  clash = tmp_path / 'clash'
+  clash.mkdir()
+  np.save(clash / 'take1.npy', np.zeros((4, 10), np.int64))
+  (clash / 'take1.wav').write_bytes(b'')
+  with pytest.raises(SystemExit, match='take1.npy and take1.wav'):
+    run(str(clash), 'out')
+  with pytest.raises(SystemExit, match='is the --backing folder'):
+    run(str(clash), 'clash/.')
+  assert not (tmp_path / 'out').exists() and sorted(p.name for p in clash.iterdir()) == ['take1.npy', 'take1.wav']
   with pytest.raises(ckpt_lib.CheckpointError):
     generate.run(checkpoint=str(tmp_path / 'nockpt'), backing=str(tmp_path / 'bad.npy'), output='x.npy',
                  sampling=GREEDY, seed=0, num_samples=1, max_frames=None, max_seconds=None, window_stride=None,
@@ -202,6 +211,7 @@ def test_a_rerun_into_the_same_folder_keeps_finished_solos_and_generates_the_res
   summary = run(folder, out)
   assert [e['input'] for e in summary['outputs']] == [str(folder / n) for n in ('a.npy', 'b.npy', 'c.npy')]
   assert not summary['skipped'] and summary['outputs'][0] == on_disk['outputs'][0]
+  assert summary['kept'] == [str(folder / 'a.npy')]
   assert (out / 'a_solo.npy').stat().st_mtime_ns == a_written  # kept, not generated again
   alone = tmp_path / 'alone'
   alone.mkdir()
