@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import urllib.parse
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from preprocessing import manifest
 
@@ -179,19 +179,32 @@ def remove_partial_downloads(downloads_dir: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------------------- files
 
 
-def _unique_ids(paths_and_names: Iterable[tuple[str, str]]) -> dict[str, str]:
-  """{recording_id: path}, ids from names via safe_id; clashes get a short hash of the path."""
-  out: dict[str, str] = {}
+def _unique_ids(paths_and_names: Iterable[tuple[str, str]], known: Mapping[str, str] | None = None
+                ) -> dict[str, str]:
+  """{recording_id: path}, ids from names via safe_id; clashes get a short hash of the path.
+
+  known: {recording_id: path} of the output folder's earlier runs (manifest.recorded_sources). A path listed
+  there keeps its id first, so a new input whose name clashes with it gets the hashed id instead of taking
+  that id over (and being skipped as finished); whatever order the inputs come in.
+  """
+  names: dict[str, str] = {}
   for path, name in paths_and_names:
+    names.setdefault(path, name)  # a file listed twice (by name and in its folder) is one recording
+  owner = {path: rid for rid, path in (known or {}).items()}
+  out = {owner[path]: path for path in names if path in owner}
+  for path, name in names.items():
+    if path in owner:
+      continue
     rid = manifest.safe_id(name)
-    if rid in out and out[rid] != path:
+    if rid in out:
       rid = manifest.safe_id(f'{name}-{hashlib.sha1(path.encode()).hexdigest()[:8]}')
     out[rid] = path
   return out
 
 
-def list_local(inputs: str, extensions: Sequence[str]) -> list[Recording]:
-  """Audio files named in `inputs`, and those under folders named there (by extension, recursively)."""
+def list_local(inputs: str, extensions: Sequence[str], known: Mapping[str, str] | None = None) -> list[Recording]:
+  """Audio files named in `inputs`, and those under folders named there (by extension, recursively);
+  `known` as in _unique_ids."""
   exts = {'.' + e.lower().lstrip('.') for e in extensions}
   found: list[tuple[str, str]] = []
   for item in split_inputs(inputs):
@@ -207,7 +220,7 @@ def list_local(inputs: str, extensions: Sequence[str]) -> list[Recording]:
       raise IngestError(f'{item!r} is neither a file nor a folder. Check --config.source.inputs.')
   if not found:
     raise IngestError(f'No audio files ({", ".join(sorted(exts))}) in {inputs!r}.')
-  return [Recording(rid, path, mix=path) for rid, path in _unique_ids(found).items()]
+  return [Recording(rid, path, mix=path) for rid, path in _unique_ids(found, known).items()]
 
 
 def _single_root(inputs: str, layout: str) -> Path:
@@ -217,15 +230,16 @@ def _single_root(inputs: str, layout: str) -> Path:
   return Path(roots[0])
 
 
-def list_stems(inputs: str) -> list[Recording]:
-  """ROOT/<recording_id>/{backing,solo}.wav; a folder with only one of the two fails later, by name."""
-  root = _single_root(inputs, 'stems')
+def list_stems(inputs: str, known: Mapping[str, str] | None = None) -> list[Recording]:
+  """ROOT/<recording_id>/{backing,solo}.wav; a folder with only one of the two fails later, by name.
+  `known` as in _unique_ids."""
+  root = _single_root(inputs, 'stems').resolve()
   folders = [(str(d), d.name) for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
              if (d / 'backing.wav').exists() or (d / 'solo.wav').exists()]
   if not folders:
     raise IngestError(f'No <recording_id>/backing.wav + solo.wav folders under {root}.')
   return [Recording(rid, d, backing=(str(Path(d) / 'backing.wav'),), solo=str(Path(d) / 'solo.wav'))
-          for rid, d in _unique_ids(folders).items()]
+          for rid, d in _unique_ids(folders, known).items()]
 
 
 def list_filosax(inputs: str) -> list[Recording]:
@@ -250,12 +264,14 @@ def list_filosax(inputs: str) -> list[Recording]:
   return recordings
 
 
-def list_recordings(kind: str, inputs: str, extensions: Sequence[str]) -> list[Recording]:
-  """The Recordings of a files source (local, stems, filosax); youtube goes through expand_url."""
+def list_recordings(kind: str, inputs: str, extensions: Sequence[str], known: Mapping[str, str] | None = None
+                    ) -> list[Recording]:
+  """The Recordings of a files source (local, stems, filosax); youtube goes through expand_url. known:
+  {recording_id: source} of the output folder's earlier runs, which keep their ids (_unique_ids)."""
   if kind == 'local':
-    return list_local(inputs, extensions)
+    return list_local(inputs, extensions, known)
   if kind == 'stems':
-    return list_stems(inputs)
+    return list_stems(inputs, known)
   if kind == 'filosax':
     return list_filosax(inputs)
   raise IngestError(f'Unknown source kind {kind!r}; use one of {KINDS}.')

@@ -104,8 +104,18 @@ def private_tempdir(prefix: str = 'saxgpt-') -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _read_umask() -> int:
+  mask = os.umask(0o022)  # the only way to read it; set straight back (once, at import, before any threads)
+  os.umask(mask)
+  return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-  """Writes `data` to `path` through a temporary file in the same folder and a rename."""
+  """Writes `data` to `path` through a temporary file in the same folder and a rename. The file gets the
+  permissions a plain open() would give (0666 less the umask), not mkstemp's private 0600."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
@@ -113,6 +123,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
       f.flush()
+      os.fchmod(f.fileno(), 0o666 & ~_UMASK)
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
@@ -219,9 +230,10 @@ def part_path(tokens_dir: str | os.PathLike, recording_id: str) -> Path:
 
 
 def write_part(tokens_dir: str | os.PathLike, recording_id: str, records: list[ClipRecord], *,
-               complete: bool) -> None:
-  """Atomically records a recording's clips (their .npz files must exist). complete=False: retry on rerun."""
-  body = {'recording_id': recording_id, 'complete': complete,
+               complete: bool, source: str = '') -> None:
+  """Atomically records a recording's clips (their .npz files must exist). complete=False: retry on rerun.
+  source: the input it came from (file, folder or URL), which keeps its recording_id in later runs."""
+  body = {'recording_id': recording_id, 'complete': complete, 'source': source,
           'records': [dataclasses.asdict(r) for r in sorted(records, key=lambda r: r.clip_id)]}
   atomic_write_bytes(part_path(tokens_dir, recording_id), json.dumps(body, sort_keys=True).encode())
 
@@ -233,6 +245,26 @@ def is_complete(tokens_dir: str | os.PathLike, recording_id: str) -> bool:
     return bool(json.loads(path.read_text(encoding='utf-8')).get('complete'))
   except (OSError, ValueError):
     return False
+
+
+def recorded_sources(tokens_dir: str | os.PathLike) -> dict[str, str]:
+  """{recording_id: source} of the recordings earlier runs wrote parts for (parts without a source, from
+  before sources were recorded, are left out)."""
+  sources = {}
+  for path in sorted((Path(tokens_dir) / PARTS_DIR).glob('*.json')):
+    try:
+      body = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+      continue  # merge_parts names unreadable parts
+    if isinstance(body, dict) and body.get('source'):
+      sources[str(body.get('recording_id', path.stem))] = str(body['source'])
+  return sources
+
+
+def has_finished_work(tokens_dir: str | os.PathLike) -> bool:
+  """Whether a run wrote any part or clip into tokens_dir (its settings then bind later runs)."""
+  tokens_dir = Path(tokens_dir)
+  return any((tokens_dir / PARTS_DIR).glob('*.json')) or any((tokens_dir / CLIPS_DIR).glob('*.npz'))
 
 
 def merge_parts(tokens_dir: str | os.PathLike) -> list[ClipRecord]:

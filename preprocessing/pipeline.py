@@ -36,6 +36,7 @@ from preprocessing import augment, ingest, manifest, select
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = 'saxgpt'
 FAILURES = 'failures'
+_RANDOM_CODEC = 'random:'  # codec.RANDOM_PREFIX (not imported here: the driver needs torch only to check weights)
 # Settings that change what a run writes: a resumed run must use the same ones.
 _OUTPUT_KEYS = ('source.kind', 'audio', 'demucs.name', 'demucs.repo', 'demucs.shifts', 'demucs.overlap',
                 'demucs.segment', 'select', 'augment', 'codec.weights', 'codec.chunk_s', 'codec.context_s')
@@ -170,9 +171,12 @@ class Prepare(beam.DoFn):
         _LOG.warning('%s: backing and solo lengths differ by %.1f s; cropping both to the shorter.',
                      recording.recording_id, (max(len(backing), len(solo)) - n) / sr_out)
       return backing[:n], solo[:n]
+    from preprocessing import separate
+
     mix = prepare(*audio.load_audio(recording.mix), 'audio')
-    solo, rhythm = self._separator.separate(mix, sr_out)
-    return prepare(rhythm, sr_out, 'separated backing'), prepare(solo, sr_out, 'separated solo')
+    solo, rhythm = self._separator.separate(mix, sr_out)  # at separate.OUTPUT_SR, whatever sr_out is
+    return (prepare(rhythm, separate.OUTPUT_SR, 'separated backing'),
+            prepare(solo, separate.OUTPUT_SR, 'separated solo'))
 
 
 class SelectClips(beam.DoFn):
@@ -201,7 +205,8 @@ class SelectClips(beam.DoFn):
 
 
 class AugmentTokenize(beam.DoFn):
-  """ClipTask -> (recording_id, ('ok', ClipRecord) | ('failed', reason)) per augmented copy; writes .npz."""
+  """ClipTask -> ((recording_id, source), ('ok', ClipRecord) | ('failed', reason)) per augmented copy;
+  writes .npz."""
 
   def __init__(self, cfg: dict):
     self._cfg = cfg
@@ -231,10 +236,10 @@ class AugmentTokenize(beam.DoFn):
                                        clip_end_s=task.end_s, augmentation=tag)
           _count('clips_skipped')
       except Exception as e:
-        yield task.recording_id, ('failed', f'{clip_id}: {e}')
+        yield (task.recording_id, task.source), ('failed', f'{clip_id}: {e}')
         yield _failure('tokenize', clip_id, task.source, e)
         continue
-      yield task.recording_id, ('ok', record)
+      yield (task.recording_id, task.source), ('ok', record)
 
   def _existing(self, out_dir: str, clip_id: str) -> manifest.ClipRecord | None:
     """The record of a clip a previous run finished (its .npz is whole: writes are atomic)."""
@@ -257,17 +262,17 @@ class AugmentTokenize(beam.DoFn):
 
 
 class WritePart(beam.DoFn):
-  """(recording_id, results) -> parts/<recording_id>.json, complete when no clip failed."""
+  """((recording_id, source), results) -> parts/<recording_id>.json, complete when no clip failed."""
 
   def __init__(self, cfg: dict):
     self._cfg = cfg
 
   def process(self, keyed):
-    recording_id, results = keyed
+    (recording_id, source), results = keyed
     results = list(results)
     records = [r for status, r in results if status == 'ok']
     complete = len(records) == len(results)
-    manifest.write_part(self._cfg['output_dir'], recording_id, records, complete=complete)
+    manifest.write_part(self._cfg['output_dir'], recording_id, records, complete=complete, source=source)
     _count('recordings_done' if complete else 'recordings_partial')
     yield recording_id
 
@@ -331,10 +336,71 @@ def _get(cfg: dict, dotted: str):
   return cfg
 
 
+def check_config(cfg: dict) -> None:
+  """Raises PipelineError naming every unusable setting, before any folder is written or worker started."""
+  problems = []
+
+  def need(ok: bool, key: str, rule: str) -> None:
+    if not ok:
+      problems.append(f'config.{key}={_get(cfg, key)!r} ({rule})')
+
+  need(cfg['source']['kind'] in ingest.KINDS, 'source.kind', f'use one of {ingest.KINDS}')
+  need(cfg['audio']['sample_rate'] > 0, 'audio.sample_rate', 'must be > 0')
+  sel = cfg['select']
+  for key in ('frame_s', 'stride_s', 'min_window_s'):
+    need(sel[key] > 0, f'select.{key}', 'must be > 0 seconds')
+  need(sel['threshold'] >= 0, 'select.threshold', 'an RMS level, >= 0')
+  need(all(r > 0 for r in cfg['augment']['tempo_rates']), 'augment.tempo_rates', 'rates must be > 0')
+  try:
+    augment.tags(cfg['augment']['pitch_semitones'], cfg['augment']['tempo_rates'])
+  except ValueError as e:
+    problems.append(f'config.augment: {e}')
+  d = cfg['demucs']
+  need(d['shifts'] >= 1, 'demucs.shifts', 'must be >= 1')
+  need(0 <= d['overlap'] < 1, 'demucs.overlap', 'a fraction in [0, 1)')
+  need(d['segment'] >= 0, 'demucs.segment', "seconds, or 0 for the model's default")
+  weights = cfg['codec']['weights']
+  need(not weights.startswith(_RANDOM_CODEC) or weights[len(_RANDOM_CODEC):].isdigit(), 'codec.weights',
+       'random:SEED takes an integer SEED, e.g. random:0')
+  need(cfg['codec']['chunk_s'] > 0, 'codec.chunk_s', 'must be > 0 seconds')
+  need(cfg['codec']['context_s'] >= 0, 'codec.context_s', 'must be >= 0 seconds')
+  need(cfg['beam']['num_workers'] >= 1, 'beam.num_workers', 'must be >= 1')
+  need(cfg['beam']['direct_running_mode'] in ('in_memory', 'multi_threading', 'multi_processing'),
+       'beam.direct_running_mode', 'in_memory, multi_threading or multi_processing')
+  fractions = cfg['split_fractions']
+  need(len(fractions) == 3 and min(fractions) >= 0 and abs(sum(fractions) - 1) < 1e-6, 'split_fractions',
+       '3 non-negative numbers, train, validation and test, that sum to 1')
+  if problems:
+    raise PipelineError('unusable settings:\n  ' + '\n  '.join(problems)
+                        + '\n(configs/data/base.py documents every key.)')
+
+
+def check_models(cfg: dict) -> None:
+  """Loads the pretrained codec, and separator where the source needs one, once in the driver so that missing
+  weights stop the run with their how-to-fetch message (PipelineError) instead of in every worker. Seeded
+  random models (codec random:SEED, demucs_unittest) cannot be missing and are not loaded here."""
+  c, d = cfg['codec'], cfg['demucs']
+  pretrained_codec = not c['weights'].startswith(_RANDOM_CODEC)
+  pretrained_separator = cfg['source']['kind'] in ('youtube', 'local') and d['name'] != 'demucs_unittest'
+  if not (pretrained_codec or pretrained_separator):
+    return
+  from preprocessing import codec, separate  # torch: a few seconds
+
+  try:
+    if pretrained_codec:
+      codec.Codec.load(c['weights'], chunk_s=c['chunk_s'], context_s=c['context_s'])
+    if pretrained_separator:
+      separate.Separator.load(d['name'], repo=d['repo'] or None, shifts=d['shifts'], overlap=d['overlap'],
+                              segment=d['segment'] or None)
+  except (codec.CodecError, separate.SeparatorError) as e:
+    raise PipelineError(str(e)) from e
+
+
 def check_output_dir(cfg: dict) -> None:
-  """Writes preprocessing_config.json, or checks a resumed run uses the settings of the first one."""
+  """Writes preprocessing_config.json, or checks a resumed run uses the settings of the run that wrote the
+  folder's clips (a folder holding no clips or parts, e.g. after a run that failed, takes the new ones)."""
   path = Path(cfg['output_dir']) / manifest.CONFIG_NAME
-  if path.exists():
+  if path.exists() and manifest.has_finished_work(cfg['output_dir']):  # else nothing binds: take these settings
     previous = json.loads(path.read_text(encoding='utf-8'))
     changed = [k for k in _OUTPUT_KEYS if _get(previous, k) != _get(cfg, k)]
     if changed:
@@ -383,7 +449,8 @@ def build(p: beam.Pipeline, cfg: dict) -> None:
                   | 'Download' >> beam.ParDo(Download(cfg)).with_outputs(FAILURES, main='recordings'))
     recordings, failures = downloaded.recordings, [expanded[FAILURES], downloaded[FAILURES]]
   else:
-    listed = ingest.list_recordings(kind, cfg['source']['inputs'], cfg['source']['extensions'])
+    listed = ingest.list_recordings(kind, cfg['source']['inputs'], cfg['source']['extensions'],
+                                    known=manifest.recorded_sources(cfg['output_dir']))
     recordings, failures = p | 'Recordings' >> beam.Create(listed), []
   prepared = (recordings | 'SpreadRecordings' >> beam.Reshuffle()
               | 'Prepare' >> beam.ParDo(Prepare(cfg)).with_outputs(FAILURES, main='stems'))
@@ -462,22 +529,24 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
   """
   start = time.time()
   cfg = _config_dict(config)
-  if cfg['source']['kind'] not in ingest.KINDS:
-    raise PipelineError(f'config.source.kind={cfg["source"]["kind"]!r}; use one of {ingest.KINDS}.')
+  check_config(cfg)
   cfg['output_dir'] = str(Path(cfg['output_dir']).expanduser().resolve())
   cfg['work_dir'] = str(Path(_work_dir(cfg)).expanduser().resolve())
-  Path(cfg['output_dir']).mkdir(parents=True, exist_ok=True)
-  check_output_dir(cfg)
-  manifest.clear_failures(cfg['output_dir'])
-  if manifest.remove_temporaries(cfg['output_dir']):
-    _LOG.info('removed temporary files of an interrupted run in %s', cfg['output_dir'])
-  ingest.remove_partial_downloads(Path(cfg['work_dir']) / 'downloads')
-  _ensure_importable_by_workers()
-
+  cfg['tfds_data_dir'] = str(Path(cfg['tfds_data_dir']).expanduser())
   options = pipeline_options(cfg, beam_args)
+  direct = _direct_runner(options)
+  _ensure_importable_by_workers()
   with manifest.private_tempdir():  # Beam leaves temporary folders behind
-    p = beam.Pipeline(runner=_direct_runner(options), options=options)
-    build(p, cfg)
+    p = beam.Pipeline(runner=direct, options=options)
+    build(p, cfg)  # lists the inputs: missing ones stop the run here, before the output folder is touched
+    if direct is not None:  # workers share this machine's files; a remote runner's may hold other weights
+      check_models(cfg)
+    Path(cfg['output_dir']).mkdir(parents=True, exist_ok=True)
+    check_output_dir(cfg)
+    manifest.clear_failures(cfg['output_dir'])
+    if manifest.remove_temporaries(cfg['output_dir']):
+      _LOG.info('removed temporary files of an interrupted run in %s', cfg['output_dir'])
+    ingest.remove_partial_downloads(Path(cfg['work_dir']) / 'downloads')
     result = p.run()
     result.wait_until_finish()
 
@@ -494,7 +563,8 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
           split_seed=cfg['split_seed'], beam_pipeline_options=list(beam_args) if beam_args else None,
           overwrite=True)
     except manifest.ManifestError as e:  # e.g. too few recordings for the splits: the tokens are kept
-      tfds_error = f'{e} (rebuild later with python -m preprocessing.build_tfds --tokens_dir={cfg["output_dir"]})'
+      tfds_error = (f'{e} (rebuild later with python -m preprocessing.build_tfds --tokens_dir={cfg["output_dir"]} '
+                    f'--data_dir={cfg["tfds_data_dir"]} --overwrite)')
   return Summary(
       output_dir=cfg['output_dir'], recordings=len({r.recording_id for r in records}),
       hours_kept=sum(end - start for _, start, end in windows) / 3600, clips=len(records),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ from preprocessing import audio
 DEFAULT_MODEL = 'htdemucs_6s'
 SOLO_SOURCES = ('vocals', 'other')
 OUTPUT_SR = 32000
+# Seeding torch's and Python's global generators is only reproducible if one thread does it at a time (Beam's
+# in_memory and multi_threading modes run several workers in one process).
+_GLOBAL_RNG_LOCK = threading.Lock()
 
 
 class SeparatorError(RuntimeError):
@@ -126,7 +130,7 @@ class Separator:
     if name == 'demucs_unittest':
       from demucs.pretrained import get_model
 
-      with torch.random.fork_rng(devices=[]):
+      with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = get_model(name)
     elif repo is not None:
@@ -163,13 +167,14 @@ class Separator:
       return {s: np.zeros_like(wave) for s in self.sources}
     from demucs.apply import apply_model
 
-    state = random.getstate()  # apply_model draws its shifts from Python's global `random`
-    random.seed(self.seed)
-    try:
-      stems = apply_model(self.model, ((mix - mean) / std)[None], shifts=self.shifts, split=True,
-                          overlap=self.overlap, segment=self.segment, device=self.device, progress=False)[0]
-    finally:
-      random.setstate(state)
+    with _GLOBAL_RNG_LOCK:  # apply_model draws its shifts from Python's global `random`
+      state = random.getstate()
+      random.seed(self.seed)
+      try:
+        stems = apply_model(self.model, ((mix - mean) / std)[None], shifts=self.shifts, split=True,
+                            overlap=self.overlap, segment=self.segment, device=self.device, progress=False)[0]
+      finally:
+        random.setstate(state)
     stems = (stems * std + mean / len(self.sources)).cpu().numpy()  # [S, C, T]; the stems sum to the mix
     return dict(zip(self.sources, stems))
 

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -125,6 +126,14 @@ class SaxgptTokens(tfds.core.GeneratorBasedBuilder):
       self._codec = codecs.pop()
     super().__init__(**kwargs)
 
+  @property
+  def records(self) -> list[manifest.ClipRecord]:
+    """The manifest's clips (generation only: needs tokens_dir)."""
+    if self._records is None:
+      raise manifest.ManifestError(
+          f'{NAME}: no tokens_dir given. Build with python -m preprocessing.build_tfds --tokens_dir=... --data_dir=...')
+    return self._records
+
   def _info(self) -> tfds.core.DatasetInfo:
     k = self._codec.num_codebooks
     tokens = lambda: tfds.features.Tensor(shape=(k, None), dtype=np.int16, encoding=tfds.features.Encoding.BYTES)
@@ -152,10 +161,7 @@ class SaxgptTokens(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # everything is local
-    if self._records is None:
-      raise manifest.ManifestError(
-          f'{NAME}: no tokens_dir given. Build with python -m preprocessing.build_tfds --tokens_dir=... --data_dir=...')
-    split_of = assign_splits(self._records, self._split_fractions, self._split_seed)
+    split_of = assign_splits(self.records, self._split_fractions, self._split_seed)
     config_path = Path(self._tokens_dir) / manifest.CONFIG_NAME
     preprocessing_config = json.loads(config_path.read_text()) if config_path.exists() else None
     self.info.metadata.update({
@@ -195,7 +201,8 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
 
   beam_pipeline_options: None (plain generation), a flag string/list such as
   '--runner=DirectRunner --direct_running_mode=multi_processing --direct_num_workers=2', or PipelineOptions.
-  An existing build of the same version is reused unless overwrite=True.
+  An existing build of the same version is reused unless overwrite=True; a local one is replaced only once
+  the new build is complete.
   """
   use_beam = beam_pipeline_options is not None
   options = None
@@ -204,11 +211,29 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
                else beam_options(beam_pipeline_options))
   mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if not overwrite
           else tfds.download.GenerateMode.FORCE_REDOWNLOAD)
+  final = Path(data_dir) / NAME / str(SaxgptTokens.VERSION)
+  # Rebuilding over a local build: write beside it and swap at the end, so a failed rebuild keeps the old one.
+  staging = (Path(data_dir) / f'.{NAME}-rebuild' if overwrite and '://' not in str(data_dir)
+             and (final / 'dataset_info.json').exists() else None)
+  if staging is not None:
+    shutil.rmtree(staging, ignore_errors=True)
   with manifest.private_tempdir():  # TFDS (from the builder's creation on) and Beam leave temporary folders
     builder = SaxgptTokens(tokens_dir=tokens_dir, split_fractions=split_fractions, split_seed=split_seed,
-                           use_beam=use_beam, data_dir=str(data_dir), file_format='array_record')
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(beam_options=options, download_mode=mode))
+                           use_beam=use_beam, data_dir=str(staging or data_dir), file_format='array_record')
+    assign_splits(builder.records, split_fractions, split_seed)  # too few recordings: fail before any writes
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(beam_options=options, download_mode=mode))
+    finally:
+      if staging is not None and not (staging / NAME / final.name / 'dataset_info.json').exists():
+        shutil.rmtree(staging, ignore_errors=True)
+  if staging is not None:
+    old = final.with_name(f'.{final.name}.old')
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    os.replace(staging / NAME / final.name, final)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
   counts = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
   log.info('%s %s in %s: %s', NAME, builder.version, builder.data_dir, counts)
   return counts

@@ -96,6 +96,9 @@ def test_write_wav_is_atomic_and_round_trips(tmp_path, monkeypatch):
   loaded, sr = audio.load_audio(path)
   assert sr == SR
   np.testing.assert_array_equal(loaded, wave)
+  mask = os.umask(0o022)
+  os.umask(mask)
+  assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would make it, not mkstemp's 0600
   # A failed write leaves neither a partial file nor a temporary one behind.
   monkeypatch.setattr(os, 'replace', lambda *a: (_ for _ in ()).throw(OSError('disk full')))
   with pytest.raises(OSError):

@@ -107,6 +107,27 @@ def test_list_local_unique_ids(tmp_path):
   assert len(set(ids)) == 2 and ids[0] == 'x_a_b.wav' and ids[1].startswith('x_a_b.wav-')
 
 
+def test_inputs_of_earlier_runs_keep_their_ids_whatever_the_order(tmp_path):
+  """A new input whose name clashes with a recording already in the output folder gets the hashed id, even
+  when it is listed first; without the earlier runs, the first in order gets the plain id."""
+  old, new = tmp_path / 'A' / 'jazz' / 'take.wav', tmp_path / 'B' / 'jazz' / 'take.wav'
+  _wav(old)
+  _wav(new)
+  inputs = f'{tmp_path / "B" / "jazz"},{tmp_path / "A" / "jazz"}'
+  ids = {r.source: r.recording_id for r in ingest.list_local(inputs, ('wav',))}
+  assert ids[str(new)] == 'jazz_take.wav' and ids[str(old)].startswith('jazz_take.wav-')
+  ids = {r.source: r.recording_id for r in ingest.list_local(inputs, ('wav',), known={'jazz_take.wav': str(old)})}
+  assert ids[str(old)] == 'jazz_take.wav' and ids[str(new)].startswith('jazz_take.wav-')
+  moved = {r.source: r.recording_id for r in ingest.list_local(str(tmp_path / 'B' / 'jazz'), ('wav',),
+                                                               known={'jazz_take.wav': str(old)})}
+  assert moved == {str(new): 'jazz_take.wav'}  # the earlier input is gone: treated as moved, keeps the id
+  (tmp_path / 's' / 'a b').mkdir(parents=True)
+  _wav(tmp_path / 's' / 'a b' / 'solo.wav')
+  _wav(tmp_path / 's' / 'a_b' / 'solo.wav')
+  stems = ingest.list_stems(str(tmp_path / 's'), known={'a_b': str(tmp_path / 's' / 'a_b')})
+  assert {r.source: r.recording_id for r in stems}[str(tmp_path / 's' / 'a_b')] == 'a_b'
+
+
 def test_list_stems(tmp_path):
   _wav(tmp_path / 'rec 1' / 'backing.wav')
   _wav(tmp_path / 'rec 1' / 'solo.wav')

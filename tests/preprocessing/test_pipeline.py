@@ -111,7 +111,7 @@ def clean_run(stems_root, tmp_path_factory):
   return out / 'tokens', summary
 
 
-def test_outputs_and_summary(clean_run):
+def test_outputs_and_summary(clean_run, stems_root):
   tokens_dir, summary = clean_run
   clips, failures = read_output(tokens_dir)
   assert {(r.recording_id, r.clip_start_s, r.clip_end_s) for r, _, _ in clips.values()} == EXPECTED_WINDOWS
@@ -136,6 +136,7 @@ def test_outputs_and_summary(clean_run):
   text = summary.text()
   assert f'recordings {len(GOOD)} | ' in text and f'failures {len(BAD)}' in text and 'FAILED [select] bad_quiet_solo' in text
   assert not list(tokens_dir.rglob('.*.tmp'))
+  assert manifest.recorded_sources(tokens_dir) == {name: str(stems_root.resolve() / name) for name in GOOD}
 
 
 def test_two_workers_same_as_one(clean_run, stems_root, tmp_path):
@@ -161,6 +162,46 @@ def test_changed_settings_are_refused(clean_run, stems_root):
   config.select.threshold = 0.1
   with pytest.raises(pipeline.PipelineError, match='select differ'):
     pipeline.run(config)
+
+
+def test_unusable_settings_or_weights_stop_the_run_before_it_writes(stems_root, tmp_path, monkeypatch):
+  """Bad settings, inputs and missing weights are refused before the output folder exists; a folder whose
+  run wrote no clip does not hold later runs to its settings."""
+  out = tmp_path / 'tokens'
+  config = make_config(stems_root, out)
+  config.select.stride_s, config.split_fractions, config.augment.pitch_semitones = 0.0, (0.5, 0.5, 0.5), (2, 2)
+  with pytest.raises(pipeline.PipelineError) as e:
+    pipeline.run(config)
+  for words in ('config.select.stride_s=0.0 (must be > 0 seconds)', 'config.split_fractions=[0.5, 0.5, 0.5]',
+                'Repeated augmentation'):
+    assert words in str(e.value)
+  with pytest.raises(ingest.IngestError):
+    pipeline.run(make_config(tmp_path / 'nowhere', out))
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
+  config = make_config(stems_root, out)
+  config.codec.weights = 'facebook/encodec_32khz'
+  with pytest.raises(pipeline.PipelineError, match='huggingface-cli download facebook/encodec_32khz'):
+    pipeline.run(config)
+  assert not out.exists()
+  cfg = json.loads(make_config(stems_root, out).to_json())
+  out.mkdir()
+  pipeline.check_output_dir({**cfg, 'select': {**cfg['select'], 'threshold': 0.5}})  # a run that then failed
+  pipeline.check_output_dir(cfg)  # no clips: the new settings replace the old
+  manifest.write_part(out, 'rec_a', [], complete=False)
+  with pytest.raises(pipeline.PipelineError, match='select differ'):
+    pipeline.check_output_dir({**cfg, 'select': {**cfg['select'], 'threshold': 0.5}})
+
+
+def test_separated_stems_keep_their_duration_at_any_sample_rate(tmp_path):
+  path = tmp_path / 'mix.wav'
+  sf.write(path, np.stack([_tone(3, 220) + _tone(3, 660), _tone(3, 330)], 1), SR_IN)
+  config = make_config(path, tmp_path / 'tokens', kind='local')
+  config.audio.sample_rate = 16000
+  prepare = pipeline.Prepare(json.loads(config.to_json()))
+  prepare.setup()
+  [(_, _, backing, solo)] = prepare.process(ingest.Recording('mix', str(path), mix=str(path)))
+  assert backing.shape == solo.shape == (3 * 16000,)
 
 
 def _cli(stems_root, output_dir, *extra):

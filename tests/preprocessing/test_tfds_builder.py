@@ -145,3 +145,27 @@ def test_cli_and_no_jax_import(tokens, tmp_path):
       cwd=root, capture_output=True, text=True, check=True)
   counts = json.loads(out.stdout.strip().splitlines()[-1])
   assert sum(counts.values()) == len(tokens[1])
+
+
+def test_a_failed_rebuild_keeps_the_previous_dataset(tmp_path):
+  """Too few recordings for the splits, or a corrupt clip: the rebuild fails and the old build stays whole."""
+  tokens_dir, data_dir = tmp_path / 'tokens', tmp_path / 'tfds'
+  records, _ = write_tokens(tokens_dir, num_recordings=3, clips_per_recording=1, augment=False)
+  assert tfds_builder.build_dataset(tokens_dir, data_dir, split_fractions=(1, 0, 0)) == {'train': 3}
+  rebuild = lambda: tfds_builder.build_dataset(tokens_dir, data_dir, split_fractions=(0.4, 0.3, 0.3), overwrite=True)
+  manifest_path = tokens_dir / manifest.MANIFEST_NAME
+  full = manifest_path.read_text()
+  manifest_path.write_text(''.join(full.splitlines(keepends=True)[:2]))
+  with pytest.raises(manifest.ManifestError, match='2 recording.s. cannot fill 3 splits'):
+    rebuild()
+  manifest_path.write_text(full)
+  clip_bytes = (tokens_dir / records[1].path).read_bytes()
+  (tokens_dir / records[1].path).write_bytes(b'not an npz')
+  with pytest.raises(manifest.ManifestError, match='cannot read'):
+    rebuild()
+  assert sorted(read_split(data_dir, 'train')) == sorted(r.clip_id for r in records)  # the old build, whole
+  assert not [p.name for p in data_dir.iterdir() if p.name.startswith('.')]  # no staging folder left behind
+  (tokens_dir / records[1].path).write_bytes(clip_bytes)
+  counts = rebuild()
+  assert counts == {'train': 1, 'validation': 1, 'test': 1}
+  assert sorted(sum((list(read_split(data_dir, s)) for s in counts), [])) == sorted(r.clip_id for r in records)
