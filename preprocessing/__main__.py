@@ -25,6 +25,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from configs import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Preprocessing config file: configs/data/{youtube,local,filosax,synth}.py '
     '(every key and its default is in configs/data/base.py).',
@@ -56,4 +58,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -36,6 +36,7 @@ from absl import logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from configs import cli
 from saxgpt_jax import checkpoint
 from saxgpt_jax import flops
 from saxgpt_jax import losses
@@ -422,4 +423,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

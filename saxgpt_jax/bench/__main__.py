@@ -22,6 +22,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from configs import cli
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/large.py.', lock_config=True)
 _BATCH = flags.DEFINE_list('batch', None, 'Batch size(s). train/data: one value (default: '
                            'config.train.global_batch_size); decode: a list (default: 1,16) of B or BxG '
@@ -147,4 +149,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('config')
-  app.run(main, argv=sys.argv)
+  app.run(main, argv=sys.argv, flags_parser=cli.parse_flags)
