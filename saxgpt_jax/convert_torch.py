@@ -1,9 +1,11 @@
 """Import original PyTorch SaxGPT checkpoints (`best.pt`) into the JAX model.
 
-    python -m saxgpt_jax.convert_torch --checkpoint=best.pt --output=DIR
+    python -m saxgpt_jax.convert_torch --checkpoint=best.pt --output=DIR [--overwrite]
 
 writes an orbax checkpoint plus `config.json` that `saxgpt_jax.generate` loads and that training starts
-from (`--config.init_from=DIR`). The Python API `load_torch_checkpoint(path)` returns the JAX model with
+from (`--config.init_from=DIR`). DIR must be new or empty; with --overwrite an existing DIR is replaced,
+only once the new checkpoint is complete (it is written to a hidden sibling folder first). Any error is
+one `error:` line (exit 1). The Python API `load_torch_checkpoint(path)` returns the JAX model with
 the float32 weights loaded; `model(src, tgt_in)` then computes the original's logits.
 
 This is the one module of `saxgpt_jax` that imports torch, and only inside `read_torch_checkpoint`.
@@ -12,6 +14,7 @@ The state-dict layout is documented in shared/fixtures/upstream_parity/README.md
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -196,30 +199,56 @@ def full_config(model_cfg: model_lib.ModelConfig):
   return config
 
 
-def convert(checkpoint: str, output: str) -> str:
-  """Converts `checkpoint` (original best.pt) into an orbax checkpoint + config.json under `output`."""
+def convert(checkpoint: str, output: str, *, overwrite: bool = False) -> str:
+  """Converts `checkpoint` (original best.pt) into an orbax checkpoint + config.json under `output`.
+
+  `output` must be new or an empty folder unless `overwrite`; the checkpoint is read and checked before
+  `output` is touched, and written to a hidden sibling folder that replaces `output` once complete.
+  """
   from flax import nnx
 
   from saxgpt_jax import checkpoint as ckpt_lib
 
+  out = ckpt_lib.as_path(output)
+  if out.exists() and not out.is_dir():
+    raise FileExistsError(f'--output={output} is a file; pass a folder for the converted checkpoint.')
+  if out.exists() and any(out.iterdir()) and not overwrite:
+    raise FileExistsError(f'--output={output} already exists and is not empty; pass a new folder, or '
+                          '--overwrite to replace it.')
   state, torch_cfg, info = read_torch_checkpoint(checkpoint)
   cfg = model_config_from_torch(torch_cfg)
   model = load_into(model_lib.SaxGPT(cfg, rngs=nnx.Rngs(params=0)), state)
-  config = full_config(cfg)
-  ckpt_lib.save_params(output, model, config)
+  staging, replaced = out.parent / f'.{out.name}.converting', out.parent / f'.{out.name}.replaced'
+  for leftover in (staging, replaced):  # from an earlier run that was killed half-way
+    if leftover.exists():
+      leftover.rmtree()
+  ckpt_lib.save_params(staging, model, full_config(cfg))
+  if out.exists():
+    out.rename(replaced)
+  staging.rename(out)
+  if replaced.exists():
+    replaced.rmtree()
   print(f'converted {checkpoint} ({model_lib.count_params(model):,} parameters; original epoch '
         f'{info.get("epoch")}, step {info.get("step")}, metrics {info.get("metrics")}) -> {output}')
   return output
 
 
 def main(argv):
-  del argv
-  convert(_CHECKPOINT.value, _OUTPUT.value)
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}; use --flag=value (see --help).')
+  logging.set_verbosity(logging.WARNING)  # orbax's INFO lines would bury the one-line result
+  try:
+    convert(_CHECKPOINT.value, _OUTPUT.value, overwrite=_OVERWRITE.value)
+  except (FileNotFoundError, FileExistsError, CheckpointFormatError, ImportError) as e:
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':
-  from absl import app, flags
+  from absl import app, flags, logging
 
   _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Original PyTorch SaxGPT checkpoint (best.pt).', required=True)
-  _OUTPUT = flags.DEFINE_string('output', None, 'Directory for the orbax checkpoint and config.json.', required=True)
+  _OUTPUT = flags.DEFINE_string('output', None, 'Folder for the orbax checkpoint and config.json; must be new or '
+                                'empty unless --overwrite.', required=True)
+  _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing --output folder (only once the new '
+                                 'checkpoint is complete: it is written to a hidden sibling folder first).')
   app.run(main)
