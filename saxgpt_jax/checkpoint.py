@@ -16,6 +16,7 @@ target arrays, so a checkpoint saved on 8 devices restores on 1 (or on another m
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -87,6 +88,29 @@ def read_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
         f'{path} not found: pass a directory written by checkpoint.save_params, '
         'convert_torch or saxgpt_jax.train (a workdir or its checkpoints/ folder)')
   return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def architecture_differences(config: ml_collections.ConfigDict, other: ml_collections.ConfigDict
+                             ) -> dict[str, tuple[Any, Any]]:
+  """{field: (other's value, config's value)} for the model.ARCHITECTURE_FIELDS that differ (defaults fill
+  fields a config leaves out)."""
+  mine, theirs = (dataclasses.asdict(model_config(c)) for c in (config, other))
+  return {key: (theirs[key], mine[key]) for key in model_lib.ARCHITECTURE_FIELDS if theirs[key] != mine[key]}
+
+
+@contextlib.contextmanager
+def restore_errors(directory: str | os.PathLike, step: int):
+  """Turns an orbax / TensorStore failure while restoring `step` into one CheckpointError naming it."""
+  try:
+    yield
+  except CheckpointError:
+    raise
+  except Exception as e:  # orbax raises many types (ValueError, KeyError, TensorStore's)
+    first = (str(e).strip().splitlines() or [''])[0][:300]
+    raise CheckpointError(
+        f'checkpoint {step} in {directory} cannot be read ({type(e).__name__}: {first}). If that step is '
+        f'damaged (an interrupted copy, a full disk), delete the folder {directory}/{step} to use the one '
+        'before it.') from e
 
 
 def construct_model(model_cfg, seed):
@@ -241,8 +265,9 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any, *, step: 
   with _reading(directory) as mngr:
     step = resolve_step(mngr, step, best)
     check_param_shapes(mngr, step, abstract_params)
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        **{PARAMS_ITEM: ocp.args.StandardRestore(abstract_params)}))
+    with restore_errors(mngr.directory, step):
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          **{PARAMS_ITEM: ocp.args.StandardRestore(abstract_params)}))
   return restored[PARAMS_ITEM], step
 
 

@@ -54,9 +54,18 @@ def version_dir(data_dir: str, name: str) -> epath.Path:
   return versions[-1]
 
 
+def split_names(config: ml_collections.ConfigDict) -> list[str]:
+  """The splits of the prepared dataset of config.data (FileNotFoundError when there is none)."""
+  return sorted(_builder(config).info.splits)
+
+
+def _builder(config: ml_collections.ConfigDict):
+  return tfds.builder_from_directory(version_dir(config.data.data_dir, config.data.name))
+
+
 def data_source(config: ml_collections.ConfigDict, split: str) -> Sequence[dict[str, Any]]:
   """Random-access source of clip dicts: backing/lead int16 [K, N], num_frames, recording_id (bytes), ..."""
-  builder = tfds.builder_from_directory(version_dir(config.data.data_dir, config.data.name))
+  builder = _builder(config)
   if split not in builder.info.splits:
     raise ValueError(f'{config.data.name} in {config.data.data_dir} has no split {split!r}; '
                      f'it has {sorted(builder.info.splits)}.')

@@ -26,6 +26,14 @@ from flax import struct
 Array = jax.Array
 
 
+# ModelConfig fields that define the function the parameters compute; the others (dropout, dtype, remat, ...)
+# may change between a checkpoint and the run that resumes or fine-tunes it.
+ARCHITECTURE_FIELDS = ('num_codebooks', 'codebook_size', 'padding_idx', 'd_model', 'num_heads',
+                       'num_encoder_layers', 'num_decoder_layers', 'dim_feedforward', 'activation', 'norm_first',
+                       'scale_embeddings', 'max_seq_len')
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   num_codebooks: int = 4
@@ -59,6 +67,9 @@ class ModelConfig:
     for name in ('dropout', 'attention_dropout'):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f'model.{name}={getattr(self, name)} must be in [0, 1).')
+    for name in ('dtype', 'param_dtype'):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f'model.{name}={getattr(self, name)!r}: use one of {", ".join(DTYPES)}.')
     if self.attention_impl not in ('', 'xla', 'cudnn'):
       raise ValueError(f"model.attention_impl={self.attention_impl!r}: use '', 'xla' or 'cudnn'.")
 

@@ -6,7 +6,8 @@ Every host of a pod or cluster runs the same command. Running it again with the 
 from the latest checkpoint (parameters, optimizer, step, RNG and the input pipeline position), so the
 next batch is the one an uninterrupted run would have seen. `--config.init_from=DIR` starts from the
 parameters of a converted or earlier checkpoint instead of random ones (only for a fresh --workdir; one
-with checkpoints resumes). On SIGTERM (or a JAX preemption notice on multi-host runs) it saves, waits and exits 0.
+with checkpoints resumes). On SIGTERM, a first Ctrl-C, or a JAX preemption notice on multi-host runs, it
+saves, waits and exits 0.
 
 Writes DIR/checkpoints/ (orbax, + config.json), DIR/metrics.jsonl and DIR/tensorboard/.
 Multi-process CPU/GPU without a cluster manager: pass --coordinator_address=HOST:PORT
@@ -101,6 +102,17 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *, chec
     problems.append(
         f'data.seq_len + K + 1 = {config.data.seq_len} + {k} + 1 = {length} delayed positions exceed '
         f'model.max_seq_len={config.model.max_seq_len}; lower data.seq_len or raise model.max_seq_len')
+  if train.global_batch_size < 1:
+    problems.append(f'train.global_batch_size={train.global_batch_size} must be >= 1')
+  for name in ('seq_len', 'stride'):
+    if config.data[name] < 1:
+      problems.append(f'data.{name}={config.data[name]} must be >= 1 frame')
+  if not train.learning_rate > 0 or train.min_learning_rate < 0:
+    problems.append(f'train.learning_rate={train.learning_rate} must be > 0 and train.min_learning_rate='
+                    f'{train.min_learning_rate} >= 0')
+  for name in ('warmup_steps', 'eval_batches'):
+    if train[name] < 0:
+      problems.append(f'train.{name}={train[name]} must be >= 0' + (' (0 = the whole split)' * (name == 'eval_batches')))
   if train.num_steps < 1:
     problems.append(f'train.num_steps={train.num_steps} must be >= 1')
   for name in ('log_every', 'eval_every', 'checkpoint_every'):
@@ -112,7 +124,11 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *, chec
     from saxgpt_jax import data  # pylint: disable=g-import-not-at-top
 
     try:
-      data.version_dir(config.data.data_dir, config.data.name)
+      missing = [s for s in (data.TRAIN_SPLIT, VALIDATION_SPLIT, TEST_SPLIT) if s not in data.split_names(config)]
+      if missing:
+        problems.append(f'{config.data.name} in {config.data.data_dir} has no {" or ".join(missing)} split; training '
+                        'evaluates on validation and test. Rebuild it with split fractions above 0 for each '
+                        '(python -m preprocessing.build_tfds --split_fractions=0.8,0.1,0.1 --overwrite ...)')
     except FileNotFoundError as e:
       problems.append(str(e))
   if config.init_from and not (checkpoint.checkpoint_dir(config.init_from) / checkpoint.CONFIG_FILE).exists():
@@ -123,14 +139,15 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *, chec
   return shape
 
 
-def _check_init_from_matches(config: ml_collections.ConfigDict, source: ml_collections.ConfigDict) -> None:
-  ours, theirs = config.model.to_dict(), source.model.to_dict()
-  shape_keys = ('num_codebooks', 'codebook_size', 'padding_idx', 'd_model', 'num_heads', 'num_encoder_layers',
-                'num_decoder_layers', 'dim_feedforward', 'norm_first', 'max_seq_len')
-  different = {key: (theirs.get(key), ours.get(key)) for key in shape_keys if theirs.get(key) != ours.get(key)}
+def _check_same_model(config: ml_collections.ConfigDict, directory, what: str) -> None:
+  """ConfigError if the checkpoint config beside `directory` (if any) has another model architecture."""
+  if not (checkpoint.checkpoint_dir(directory) / checkpoint.CONFIG_FILE).exists():
+    return
+  different = checkpoint.architecture_differences(config, checkpoint.read_config(directory))
   if different:
-    raise ConfigError(f'init_from={config.init_from!r} has a different model (checkpoint, config): {different}; '
-                      'pass the matching --config or --config.model.* values')
+    raise ConfigError(f'{what} has a different model (checkpoint, config): {different}; pass the matching '
+                      f'--config or --config.model.* values (the checkpoint\'s are in '
+                      f'{checkpoint.checkpoint_dir(directory) / checkpoint.CONFIG_FILE})')
 
 
 # --- Multi-host -------------------------------------------------------------------------------------
@@ -187,22 +204,33 @@ def evaluate(trainer: train_state.Trainer, params, batches: Iterator[Mapping[str
 
 
 class _Preemption:
-  """Set by SIGTERM (single process) or JAX's multi-host preemption sync point."""
+  """Set by SIGTERM or a first Ctrl-C (single process), or JAX's multi-host preemption sync point. A second
+  Ctrl-C stops at once (KeyboardInterrupt), without saving."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self, mngr):
     self._mngr = mngr
     self._event = threading.Event()
-    self._previous = None
+    self._previous = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+      self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+  def _handle(self, signum, frame):
+    if signum == signal.SIGINT:
+      if self._event.is_set():
+        raise KeyboardInterrupt
+      print('\nCtrl-C: saving a checkpoint after this step, then exiting (press Ctrl-C again to stop without '
+            'saving)', file=sys.stderr, flush=True)
+    self._event.set()
 
   def reached(self, step: int) -> bool:
     return self._event.is_set() or self._mngr.reached_preemption(step)
 
   def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+    self._previous = {}
 
 
 class _TrainWindow:
@@ -274,33 +302,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   validate_config(config, len(devices), check_dataset=iterator_factory is None, process_count=jax.process_count())
   iterator_factory = iterator_factory or _default_iterator_factory
   workdir = checkpoint.as_path(workdir)
-  is_main = jax.process_index() == 0
-  train_cfg = config.train
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   trainer = train_state.make_trainer(config, mesh)
-
   ckpt_dir = workdir / checkpoint.CHECKPOINT_SUBDIR
-  mngr = checkpoint.manager(ckpt_dir, keep_latest=train_cfg.keep_latest, keep_best=train_cfg.keep_best)
-  checkpoint.write_config(ckpt_dir, config)
+  mngr = checkpoint.manager(ckpt_dir, keep_latest=config.train.keep_latest, keep_best=config.train.keep_best)
+  try:
+    return _train_loop(config, workdir, ckpt_dir, mngr, devices, iterator_factory, mesh, trainer)
+  finally:  # also when resuming is refused: no orbax threads left behind
+    mngr.wait_until_finished()
+    mngr.close()
+
+
+def _train_loop(config, workdir, ckpt_dir, mngr, devices, iterator_factory, mesh, trainer) -> dict[str, float]:
+  """train_and_evaluate once the mesh, trainer and checkpoint manager exist (the caller closes `mngr`)."""
+  is_main = jax.process_index() == 0
+  train_cfg = config.train
   shard = {'process_index': jax.process_index(), 'process_count': jax.process_count()}
   train_iter = iterator_factory(config, 'train', **shard)
 
   latest = mngr.latest_step()
   if latest is not None:
+    _check_same_model(config, ckpt_dir, f'the run in {workdir}')
     abstract = trainer.abstract_sharded_state()
     checkpoint.check_param_shapes(mngr, latest, abstract.params)
-    restored = mngr.restore(latest, args=checkpoint.train_restore_args(
-        abstract.params, abstract.checkpoint_items(), train_iter))
+    with checkpoint.restore_errors(ckpt_dir, latest):
+      restored = mngr.restore(latest, args=checkpoint.train_restore_args(
+          abstract.params, abstract.checkpoint_items(), train_iter))
     state = train_state.TrainState(params=restored[checkpoint.PARAMS_ITEM], **restored[checkpoint.TRAIN_ITEM])
     source = f'resumed from checkpoint {latest}'
   else:
     state = trainer.init(train_cfg.seed)
     source = 'random init'
     if config.init_from:
-      _check_init_from_matches(config, checkpoint.read_config(config.init_from))
+      _check_same_model(config, config.init_from, f'init_from={config.init_from!r}')
       params, init_step = checkpoint.restore_params(config.init_from, trainer.abstract_sharded_state().params)
       state = state.replace(params=params)
       source = f'parameters from {config.init_from} (step {init_step})'
+  checkpoint.write_config(ckpt_dir, config)  # only once the checkpoints fit this config
   start_step = int(state.step)
 
   start = time.perf_counter()
@@ -379,8 +417,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   finally:
     progress.close()
     preemption.close()
-    mngr.wait_until_finished()
-    mngr.close()
     writer.close()
 
 

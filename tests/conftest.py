@@ -27,9 +27,10 @@ def parity_dirs():
   return dirs
 
 
-def build_token_dataset(root: Path, *, min_frames: int, max_frames: int, num_clips: int = 12, seed: int = 1) -> Path:
+def build_token_dataset(root: Path, *, min_frames: int, max_frames: int, num_clips: int = 12, seed: int = 1,
+                        split_fractions: tuple[float, float, float] = (0.5, 0.25, 0.25)) -> Path:
   """A TFDS `saxgpt_tokens` dataset of `num_clips` random clips (2 per recording, frames in [min, max)),
-  split 0.5/0.25/0.25 by recording with the real builder. Returns its data_dir (root / 'tfds')."""
+  split by recording with the real builder. Returns its data_dir (root / 'tfds')."""
   import numpy as np
 
   from preprocessing import manifest, tfds_builder
@@ -43,5 +44,5 @@ def build_token_dataset(root: Path, *, min_frames: int, max_frames: int, num_cli
     manifest.write_clip(root / 'tokens', rec, *rng.integers(0, 2048, (2, 4, n), dtype=np.int16))
     records.append(rec)
   manifest.append_records(root / 'tokens', records)
-  tfds_builder.build_dataset(root / 'tokens', root / 'tfds', split_fractions=(0.5, 0.25, 0.25))
+  tfds_builder.build_dataset(root / 'tokens', root / 'tfds', split_fractions=split_fractions)
   return root / 'tfds'

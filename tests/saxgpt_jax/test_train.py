@@ -7,6 +7,8 @@ random tokens built once. The uninterrupted one-device run is the reference the 
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,6 +75,35 @@ def test_config_errors_are_clear_and_early(data_dir, tmp_path):
   with pytest.raises(train.ConfigError, match='not divisible by mesh.data'):
     train.validate_config(make_config(data_dir, **{'train.num_microbatches': 3}), 8)
   assert train.validate_config(make_config(data_dir, **{'mesh.fsdp': 2}), 8) == (4, 2, 1)
+  bad = make_config(data_dir, **{'train.global_batch_size': 0, 'data.stride': 0, 'train.learning_rate': -1.0,
+                                 'train.eval_batches': -1, 'model.dtype': 'float64x'})
+  with pytest.raises(train.ConfigError) as error:
+    train.validate_config(bad, 1)
+  for expected in ('global_batch_size=0 must be >= 1', 'data.stride=0', 'learning_rate=-1.0 must be > 0',
+                   'eval_batches=-1 must be >= 0', "model.dtype='float64x'"):
+    assert expected in str(error.value), str(error.value)
+  train_only = build_token_dataset(tmp_path / 'train_only', min_frames=20, max_frames=30, num_clips=4,
+                                   split_fractions=(1.0, 0.0, 0.0))
+  with pytest.raises(train.ConfigError, match='has no validation or test split'):
+    train.validate_config(make_config(train_only), 1)
+
+
+def test_first_ctrl_c_or_sigterm_asks_for_a_checkpoint_and_a_second_ctrl_c_stops():
+  class NoNotice:
+    reached_preemption = staticmethod(lambda step: False)
+
+  for first in (signal.SIGTERM, signal.SIGINT):
+    preemption = train._Preemption(NoNotice())
+    try:
+      assert not preemption.reached(1)
+      os.kill(os.getpid(), first)
+      assert preemption.reached(1)
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handler runs between bytecodes
+    finally:
+      preemption.close()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 
@@ -211,6 +242,24 @@ def test_command_trains_evaluates_checkpoints_and_reports(reference):
     assert checkpoint.best_step(mngr) == NUM_STEPS
   model, config = checkpoint.load_model(workdir, best=True)
   assert config.model.d_model == 32 and model.cfg.d_model == 32
+
+
+def test_a_resume_with_another_model_or_a_damaged_checkpoint_is_refused_and_changes_nothing(data_dir, reference,
+                                                                                             tmp_path):
+  workdir = tmp_path / 'copy'
+  shutil.copytree(reference[1], workdir)
+  saved = (workdir / 'checkpoints' / 'config.json').read_text()
+  for changes, words in (({'model.activation': 'relu', 'model.scale_embeddings': False},
+                          "'activation': ('gelu', 'relu'), 'scale_embeddings': (True, False)"),
+                         ({'model.d_model': 48}, "'d_model': (32, 48)")):
+    with pytest.raises(train.ConfigError, match=re.escape(words)):
+      train.train_and_evaluate(make_config(data_dir, **changes), workdir)
+    assert (workdir / 'checkpoints' / 'config.json').read_text() == saved
+  for path in (workdir / 'checkpoints' / str(NUM_STEPS) / 'params').rglob('*'):
+    if path.is_file() and path.parent.name == 'd':
+      path.write_bytes(b'')  # the array data of the latest checkpoint, lost
+  with pytest.raises(checkpoint.CheckpointError, match=f'checkpoint {NUM_STEPS} in .* cannot be read'):
+    train.train_and_evaluate(make_config(data_dir), workdir)
 
 
 @pytest.mark.slow
