@@ -31,6 +31,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _fail(error: BaseException, hint: str) -> None:
+  while error.args and isinstance(error.args[0], BaseException):  # ml_collections wraps a KeyError in another
+    error = error.args[0]
   message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
   sys.stderr.write(f'error: --config: {message}\n({hint})\n')
   sys.exit(2)

@@ -11,6 +11,7 @@ from tests.conftest import REPO_ROOT
 @pytest.mark.parametrize('command, flag, words', [
     ('preprocessing', '--config=configs/data/nope.py', 'No such file or directory'),
     ('saxgpt_jax.train', '--config.trian.num_steps=5', 'Did you mean "train"'),
+    ('saxgpt_jax.train', '--config.train.num_step=5', "'num_step'\nDid you mean \"num_steps\""),
     ('saxgpt_jax.bench', '--config.model.num_layerz=2', 'num_layerz'),
 ])
 def test_config_mistakes_are_one_error(command, flag, words):
