@@ -7,7 +7,8 @@
 
 With --reference=torch, train and decode also run the original model in eager PyTorch on the same
 config, batch and length, alternating with JAX (in a process of its own, so the two share no heap), and
-report JAX's speed-up. --json prints one JSON line; --json_file=F appends it to F.
+report JAX's speed-up. --json prints one JSON line; --json_file=F appends it to F. A flag or config
+that cannot work, or a missing dataset, stops it with one `error:` line (exit 1).
 Examples:
   python -m saxgpt_jax.bench decode --config=configs/large.py --batch=1,16 --steps=300 --reference=torch
   python -m saxgpt_jax.bench train --config=configs/large.py --batch=2 --frames=1500 --reference=torch
@@ -58,6 +59,15 @@ _JSON_FILE = flags.DEFINE_string('json_file', '', 'Also append the result as one
                                  'with its folder if missing), e.g. to collect a series of runs.')
 
 COMMANDS = ('train', 'decode', 'data')
+_MINIMUM = ((_FRAMES, 1), (_STEPS, 1), (_WARMUP, 0), (_REPEATS, 1), (_TORCH_THREADS, 0), (_SETTLE, 0),
+            (_RTF_FRAMES, 0))
+
+
+def _check_counts() -> None:
+  """ValueError naming the first integer flag below its minimum (before it reaches a shape or a range)."""
+  for holder, minimum in _MINIMUM:
+    if holder.value is not None and holder.value < minimum:
+      raise ValueError(f'--{holder.name} must be >= {minimum}, got {holder.value}')
 
 
 def _single_batch(default: int) -> int:
@@ -65,7 +75,7 @@ def _single_batch(default: int) -> int:
   if _BATCH.value is None:
     return default
   if len(_BATCH.value) != 1 or not _BATCH.value[0].isdigit() or int(_BATCH.value[0]) < 1:
-    raise app.UsageError(f'--batch must be one positive integer, got {_BATCH.value}')
+    raise ValueError(f'--batch must be one positive integer, got {_BATCH.value}')
   return int(_BATCH.value[0])
 
 
@@ -73,7 +83,8 @@ def run_command(command: str) -> dict:
   """Runs one benchmark with the parsed flags -> its result dict (plus config path and machine)."""
   config = _CONFIG.value
   if config is None:
-    raise app.UsageError('--config is required, e.g. --config=configs/tiny.py')
+    raise ValueError('--config is required, e.g. --config=configs/tiny.py')
+  _check_counts()
   if _DTYPE.value:
     config.model.dtype = _DTYPE.value
   if _REFERENCE.value == 'torch':
@@ -95,7 +106,7 @@ def run_command(command: str) -> dict:
       for row in rows:
         decode.parse_row(row)
     except ValueError as e:
-      raise app.UsageError(f'--batch: {e}') from None
+      raise ValueError(f'--batch: {e}') from None
     result = decode.run(config, batches=rows, steps=_STEPS.value or 300,
                         frames=_FRAMES.value, repeats=_REPEATS.value, warmup=_WARMUP.value,
                         reference=_REFERENCE.value, reference_in_process=_REFERENCE_IN_PROCESS.value,
@@ -103,7 +114,7 @@ def run_command(command: str) -> dict:
                         profile_dir=_PROFILE_DIR.value)
   else:
     if _REFERENCE.value or _PROFILE_DIR.value:
-      raise app.UsageError('--reference and --profile_dir apply to train and decode only')
+      raise ValueError('--reference and --profile_dir apply to train and decode only')
     from saxgpt_jax.bench import data
     result = {'command': 'data', **data.benchmark(config, steps=_STEPS.value or 20,
                                                    batch=_single_batch(config.train.global_batch_size))}
@@ -127,9 +138,17 @@ def format_table(result: dict, prefix: str = '') -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+  from saxgpt_jax.train import ConfigError  # pylint: disable=g-import-not-at-top
+
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f'usage: python -m saxgpt_jax.bench {{{",".join(COMMANDS)}}} --config=... [flags]')
-  result = run_command(argv[1])
+    sys.exit(f'error: usage: python -m saxgpt_jax.bench {{{",".join(COMMANDS)}}} --config=... [flags] '
+             f'(got {argv[1:]}; see --help)')
+  try:
+    result = run_command(argv[1])
+  except ConfigError as e:
+    sys.exit(f'error: {e}\n(bench train sets data.seq_len from --frames and train.global_batch_size from --batch)')
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f'error: {e}')
   if _JSON_FILE.value:
     os.makedirs(os.path.dirname(os.path.abspath(_JSON_FILE.value)), exist_ok=True)
     # One write(2) of the whole line on an O_APPEND descriptor (a buffered file object splits lines over

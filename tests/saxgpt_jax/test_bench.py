@@ -58,8 +58,13 @@ def results(data_dir, tmp_path_factory):
       'data': ['data', '--batch=2', '--steps=2', f'--config.data.data_dir={data_dir}',
                f'--json_file={profiles}/series/bench.jsonl',
                '--config.data.stride=8'],
-      'bad_batch': ['train', '--batch=1,2'],  # must fail with a clear message
+      # Each must fail with one `error:` line: no traceback, no help text.
+      'bad_batch': ['train', '--batch=1,2'],
+      'bad_zero_batch': ['train', '--batch=0'],
       'bad_decode_batch': ['decode', '--batch=1,2y3'],
+      'bad_frames_over_max_seq_len': ['train', '--frames=200'],  # a ConfigError from train.validate_config
+      'bad_negative_frames': ['decode', '--frames=-5'],
+      'bad_no_dataset': ['data', f'--config.data.data_dir={tmp_path_factory.mktemp("empty")}'],
   }
   # One CPU device, as a user runs it; the cheapest XLA optimisation level, as only the plumbing and the
   # figures' consistency are under test here (on a busy 2-core machine a full compile takes minutes).
@@ -219,11 +224,19 @@ def test_data_reports_pipeline_throughput(results):
   assert [json.loads(line) for line in results['data_json_file'].splitlines()] == [r]
 
 
-def test_bad_flags_fail_with_a_clear_message(results):
-  returncode, stderr = results['bad_batch']
-  assert returncode != 0 and '--batch must be one positive integer' in stderr
-  returncode, stderr = results['bad_decode_batch']
-  assert returncode != 0 and "a decode batch is B or BxG" in stderr and "'2y3'" in stderr
+@pytest.mark.parametrize('name, message', [
+    ('bad_batch', '--batch must be one positive integer'),
+    ('bad_zero_batch', "--batch must be one positive integer, got ['0']"),
+    ('bad_decode_batch', "a decode batch is B or BxG (B backings x G samples each, both >= 1), got '2y3'"),
+    ('bad_frames_over_max_seq_len', 'exceed model.max_seq_len=133'),
+    ('bad_negative_frames', '--frames must be >= 1, got -5'),
+    ('bad_no_dataset', "There is no TFDS dataset 'saxgpt_tokens'"),
+])
+def test_bad_flags_fail_with_one_error_line(results, name, message):
+  returncode, stderr = results[name]
+  assert returncode != 0 and message in stderr, stderr
+  assert 'Traceback' not in stderr and '--json_file' not in stderr  # no traceback, no help text
+  assert [line for line in stderr.splitlines() if line.startswith('error: ')] != [], stderr
 
 
 def test_compile_watch_counts_recompiles_and_not_cache_hits():
