@@ -352,7 +352,8 @@ def evaluate(checkpoint: str, split: str, *, output: str | None = None, max_batc
   Args:
     checkpoint: training workdir, its checkpoints/ folder, or a converted checkpoint directory.
     split: dataset split to evaluate ('test', 'validation', 'train').
-    output: report folder (default CHECKPOINT/eval_<split>).
+    output: report folder (default CHECKPOINT/eval_<split>: the `checkpoint` folder as given, e.g. a
+      training workdir, not its checkpoints/ folder).
     max_batches: stop the teacher-forced pass after this many batches (0 = the whole split).
     num_examples: windows for the generation checks and plots (0 = skip them).
     codec_spec: EnCodec weights for the spectrograms (default config.data.codec; 'none' skips them).
@@ -365,6 +366,9 @@ def evaluate(checkpoint: str, split: str, *, output: str | None = None, max_batc
   """
   if max_batches < 0 or num_examples < 0:
     raise EvaluationError(f'--max_batches ({max_batches}) and --num_examples ({num_examples}) must be >= 0.')
+  if not kl_smoothing > 0:  # checked here, not after the whole teacher-forced pass
+    raise EvaluationError(f'--kl_smoothing must be > 0 (pseudo-counts per code, e.g. {DEFAULT_KL_SMOOTHING}), '
+                          f'got {kl_smoothing}.')
   step = _checkpoint_step(checkpoint, best)
   model, config = ckpt_lib.load_model(checkpoint, step=step)
   config = ml_collections.ConfigDict(config.to_dict())
@@ -380,7 +384,7 @@ def evaluate(checkpoint: str, split: str, *, output: str | None = None, max_batc
     raise EvaluationError(f'data.seq_len {config.data.seq_len} + K + 1 = {length} positions exceed the model\'s '
                           f'max_seq_len {cfg.max_seq_len}; the checkpoint config is inconsistent.')
   codec_spec = codec_spec or config.data.get('codec', 'facebook/encodec_32khz')
-  out_dir = Path(output) if output else ckpt_lib.checkpoint_dir(checkpoint) / f'eval_{split}'
+  out_dir = Path(output) if output else ckpt_lib.as_path(checkpoint) / f'eval_{split}'  # beside, not in, checkpoints/
   sampling = decode.SamplingParams.make(temperature=config.sample.temperature, top_k=config.sample.top_k,
                                         top_p=config.sample.top_p, greedy=config.sample.greedy)
 

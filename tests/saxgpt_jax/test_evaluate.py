@@ -64,7 +64,7 @@ def report(workdir):
 
 
 def test_report_fields_and_value_ranges(workdir, report):
-  out = workdir / 'checkpoints' / 'eval_test'
+  out = workdir / 'eval_test'  # CHECKPOINT/eval_<split> as --checkpoint names it, not inside checkpoints/
   written = json.loads((out / 'report.json').read_text(),
                        parse_constant=lambda c: pytest.fail(f'non-JSON constant {c} in report.json'))
   assert written == report
@@ -188,6 +188,10 @@ def test_clear_errors(workdir, tmp_path):
     evaluate.evaluate(str(workdir), 'dev', progress=False)
   with pytest.raises(evaluate.EvaluationError, match='num_examples'):
     evaluate.evaluate(str(workdir), 'test', num_examples=-1, progress=False)
+  never = lambda *_: pytest.fail('the teacher-forced pass ran before --kl_smoothing was checked')
+  for smoothing in (0, -1):
+    with pytest.raises(evaluate.EvaluationError, match='--kl_smoothing must be > 0'):
+      evaluate.evaluate(str(workdir), 'test', kl_smoothing=smoothing, iterator_factory=never, progress=False)
 
 
 def test_cli_help_missing_checkpoint_and_no_torch(tmp_path):
