@@ -3,7 +3,8 @@ r"""The offline end-to-end demo: synthetic jazz -> preprocessing (Beam) -> TFDS 
     python -m saxgpt_jax.demo --workdir=runs/demo        (what `make demo` runs)
 
 Every stage is the project's real command line, run as a subprocess and printed first, so each one can
-be rerun or changed by hand. Everything is offline and CPU-only: the EnCodec tokenizer is the seeded random
+be rerun or changed by hand. It runs from any directory: --workdir is relative to the current one, and the
+config files are found beside the installed `configs` package (shown as configs/... from the repo root). Everything is offline and CPU-only: the EnCodec tokenizer is the seeded random
 `random:0` codec (same architecture as facebook/encodec_32khz), so the audio it decodes is not
 meaningful music; the point is that every stage runs for real. Rerunning resumes: finished stages and
 finished work inside a stage are skipped.
@@ -31,23 +32,27 @@ from pathlib import Path
 
 from absl import app, flags
 
-_WORKDIR = flags.DEFINE_string('workdir', 'runs/demo', 'Where every stage writes (see the module docstring).')
-_NUM_PIECES = flags.DEFINE_integer('num_pieces', 6, 'Synthetic recordings (split 0.8/0.1/0.1 by recording).')
-_SECONDS = flags.DEFINE_float('seconds', 20.0, 'Length of each synthetic recording in seconds.')
-_STEPS = flags.DEFINE_integer('steps', 300, 'Training steps of configs/tiny.py.')
-_WORKERS = flags.DEFINE_integer('workers', 2, 'Beam DirectRunner worker processes for preprocessing.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the synthetic dataset.')
+import configs
+
 _CODEC = 'random:0'
 
 
-def _run(title: str, args: list[str]) -> None:
+def config_file(name: str) -> str:
+  """configs/<name> as a command-line path: relative to the current directory when inside it (from the repo
+  root, `configs/tiny.py`), else absolute, so the printed commands stay short and run from anywhere."""
+  path = Path(configs.__file__).resolve().parent / name
+  relative = os.path.relpath(path)
+  return str(path) if relative.startswith('..') else relative
+
+
+def _run(title: str, args: list[str], work: Path) -> None:
   """Runs one stage's command, printing it first; a failure stops the demo with the command to rerun."""
   print(f'\n=== {title}\n$ {shlex.join(args)}', flush=True)
   t0 = time.time()
   result = subprocess.run(args, check=False)
   if result.returncode != 0:
     raise SystemExit(f'stage "{title}" failed (exit {result.returncode}); fix the message above and rerun '
-                     f'`python -m saxgpt_jax.demo --workdir={_WORKDIR.value}` (finished stages are skipped).')
+                     f'`python -m saxgpt_jax.demo --workdir={work}` (finished stages are skipped).')
   print(f'=== {title}: done in {time.time() - t0:.0f} s', flush=True)
 
 
@@ -70,9 +75,8 @@ def _held_out_backing(config_args: list[str], stems: Path) -> Path:
   return named
 
 
-def main(argv):
-  del argv
-  work = Path(_WORKDIR.value)
+def run_demo(work: Path, *, num_pieces: int, seconds: float, steps: int, workers: int, seed: int) -> None:
+  """Runs the five stages into `work` (see the module docstring)."""
   work.mkdir(parents=True, exist_ok=True)
   py = sys.executable
   stems, tokens, tfds_dir = work / 'stems', work / 'tokens', work / 'tfds'
@@ -80,22 +84,22 @@ def main(argv):
   t0 = time.time()
 
   _run('1/5 synthesise paired jazz stems',
-       [py, '-m', 'preprocessing.synth', f'--out={stems}', f'--num_pieces={_NUM_PIECES.value}',
-        f'--seconds={_SECONDS.value}', f'--seed={_SEED.value}'])
+       [py, '-m', 'preprocessing.synth', f'--out={stems}', f'--num_pieces={num_pieces}',
+        f'--seconds={seconds}', f'--seed={seed}'], work)
   _run('2/5 preprocess on Apache Beam and build the TFDS shards',
-       [py, '-m', 'preprocessing', '--config=configs/data/synth.py', f'--config.source.inputs={stems}',
+       [py, '-m', 'preprocessing', f'--config={config_file("data/synth.py")}', f'--config.source.inputs={stems}',
         f'--config.output_dir={tokens}', f'--config.tfds_data_dir={tfds_dir}',
-        f'--config.codec.weights={_CODEC}', f'--config.beam.num_workers={_WORKERS.value}'])
+        f'--config.codec.weights={_CODEC}', f'--config.beam.num_workers={workers}'], work)
   train_overrides = [f'--config.data.data_dir={tfds_dir}', f'--config.data.codec={_CODEC}',
-                     f'--config.train.num_steps={_STEPS.value}']
-  _run('3/5 train configs/tiny.py', [py, '-m', 'saxgpt_jax.train', '--config=configs/tiny.py',
-                                     f'--workdir={train_dir}', *train_overrides])
+                     f'--config.train.num_steps={steps}']
+  _run('3/5 train configs/tiny.py', [py, '-m', 'saxgpt_jax.train', f'--config={config_file("tiny.py")}',
+                                     f'--workdir={train_dir}', *train_overrides], work)
   backing = _held_out_backing([str(tfds_dir)], stems)
   _run('4/5 generate a solo for a held-out backing track',
        [py, '-m', 'saxgpt_jax.generate', f'--checkpoint={train_dir}', f'--backing={backing}',
-        f'--output={gen_dir}', f'--codec={_CODEC}', '--seed=0'])
+        f'--output={gen_dir}', f'--codec={_CODEC}', '--seed=0'], work)
   _run('5/5 evaluate on the test split', [py, '-m', 'saxgpt_jax.evaluate', f'--checkpoint={train_dir}',
-                                          '--split=test', f'--output={eval_dir}', f'--codec={_CODEC}'])
+                                          '--split=test', f'--output={eval_dir}', f'--codec={_CODEC}'], work)
 
   metrics = [json.loads(line) for line in (train_dir / 'metrics.jsonl').read_text().splitlines() if line.strip()]
   losses = [(m['step'], m['loss']) for m in metrics if 'loss' in m and m.get('split', 'train') == 'train']
@@ -108,6 +112,24 @@ def main(argv):
         'the same commands with real EnCodec/Demucs weights.')
 
 
+def define_flags() -> None:
+  """Defines the command-line flags; only when run as a program, so importing this module defines none."""
+  flags.DEFINE_string('workdir', 'runs/demo', 'Where every stage writes (see the module docstring).')
+  flags.DEFINE_integer('num_pieces', 6, 'Synthetic recordings (split 0.8/0.1/0.1 by recording).')
+  flags.DEFINE_float('seconds', 20.0, 'Length of each synthetic recording in seconds.')
+  flags.DEFINE_integer('steps', 300, 'Training steps of configs/tiny.py.')
+  flags.DEFINE_integer('workers', 2, 'Beam DirectRunner worker processes for preprocessing.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the synthetic dataset.')
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  run_demo(Path(f.workdir), num_pieces=f.num_pieces, seconds=f.seconds, steps=f.steps, workers=f.workers,
+           seed=f.seed)
+
+
 if __name__ == '__main__':
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  define_flags()
   app.run(main)
