@@ -4,9 +4,10 @@ r"""The offline end-to-end demo: synthetic jazz -> preprocessing (Beam) -> TFDS 
 
 Every stage is the project's real command line, run as a subprocess and printed first, so each one can
 be rerun or changed by hand. It runs from any directory: --workdir is relative to the current one, and the
-config files are found beside the installed `configs` package (shown as configs/... from the repo root). Everything is offline and CPU-only: the EnCodec tokenizer is the seeded random
-`random:0` codec (same architecture as facebook/encodec_32khz), so the audio it decodes is not
-meaningful music; the point is that every stage runs for real. Rerunning resumes: finished stages and
+config files are found beside the installed `configs` package (shown as configs/... from the repo root).
+Everything is offline and CPU-only: the EnCodec tokenizer is the seeded random `random:0` codec (same
+architecture as facebook/encodec_32khz), so the audio it decodes is not meaningful music; the point is that
+every stage runs for real. Rerunning resumes: finished stages and
 finished work inside a stage are skipped.
 
 Stages and outputs under --workdir:
