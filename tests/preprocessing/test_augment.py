@@ -70,7 +70,8 @@ def test_augmented_copies_in_the_tokenize_stage(tmp_path):
                            (0.2 * np.sin(t * 2000)).astype(np.float32))
   results = [r for r in stage.process(task) if not hasattr(r, 'tag')]
   records = {r.augmentation: r for _, (status, r) in results if status == 'ok'}
-  assert [rid for rid, _ in results] == ['rec'] * 5 and sorted(records) == sorted(augment.tags((-2, 2), (0.9, 1.1)))
+  assert [key for key, _ in results] == [('rec', 'src')] * 5
+  assert sorted(records) == sorted(augment.tags((-2, 2), (0.9, 1.1)))
   for tag, rate in (('none', 1), ('pitch-2', 1), ('pitch+2', 1), ('tempo0.9', 0.9), ('tempo1.1', 1.1)):
     record = records[tag]
     assert (record.recording_id, record.clip_start_s, record.clip_end_s) == ('rec', 1.0, 3.0)
