@@ -436,8 +436,9 @@ def _direct_runner(options: PipelineOptions):
       beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
-def build(p: beam.Pipeline, cfg: dict) -> None:
-  """Adds every stage to `p`."""
+def build(p: beam.Pipeline, cfg: dict) -> set[str] | None:
+  """Adds every stage to `p`; returns the recording ids of a files source (None for youtube, whose ids
+  are only known once its URLs are expanded)."""
   kind = cfg['source']['kind']
   if kind == 'youtube':
     urls = ingest.read_url_inputs(cfg['source']['inputs'], cfg['source']['allowed_hosts'])
@@ -460,6 +461,7 @@ def build(p: beam.Pipeline, cfg: dict) -> None:
   _ = (tokenized.results | 'ByRecording' >> beam.GroupByKey() | 'WritePart' >> beam.ParDo(WritePart(cfg)))
   failures += [prepared[FAILURES], clips[FAILURES], tokenized[FAILURES]]
   _ = (tuple(failures) | 'AllFailures' >> beam.Flatten() | 'WriteFailures' >> beam.ParDo(WriteFailure(cfg)))
+  return None if kind == 'youtube' else {r.recording_id for r in listed}
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -477,6 +479,7 @@ class Summary:
   counters: dict[str, int]  # Beam metrics of this run, e.g. clips_written, clips_skipped, prepare_failed
   tfds_splits: dict[str, int] | None  # examples per split; None when not built
   tfds_error: str  # why the TFDS build failed ('' if it did not)
+  not_in_inputs: list[str]  # recordings of earlier runs that this run's inputs no longer list (kept)
   seconds: float
 
   @property
@@ -491,6 +494,10 @@ class Summary:
       lines.append('  this run: ' + ', '.join(f'{k} {v}' for k, v in sorted(self.counters.items())))
     if self.tfds_splits is not None:
       lines.append(f'  TFDS saxgpt_tokens: {self.tfds_splits}')
+    if self.not_in_inputs:
+      lines.append(f'  {len(self.not_in_inputs)} recording(s) of earlier runs are not among these inputs and stay '
+                   f'in the dataset (to drop one, delete its {manifest.PARTS_DIR}/<id>.json and rerun): '
+                   + ', '.join(self.not_in_inputs[:5]) + (' ...' if len(self.not_in_inputs) > 5 else ''))
     if self.tfds_error:
       lines.append(f'  TFDS build FAILED: {self.tfds_error}')
     for f in self.failures:
@@ -538,7 +545,7 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
   _ensure_importable_by_workers()
   with manifest.private_tempdir():  # Beam leaves temporary folders behind
     p = beam.Pipeline(runner=direct, options=options)
-    build(p, cfg)  # lists the inputs: missing ones stop the run here, before the output folder is touched
+    listed = build(p, cfg)  # lists the inputs: missing ones stop the run here, before the output folder is touched
     if direct is not None:  # workers share this machine's files; a remote runner's may hold other weights
       check_models(cfg)
     Path(cfg['output_dir']).mkdir(parents=True, exist_ok=True)
@@ -569,7 +576,9 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
       output_dir=cfg['output_dir'], recordings=len({r.recording_id for r in records}),
       hours_kept=sum(end - start for _, start, end in windows) / 3600, clips=len(records),
       frames=sum(r.num_frames for r in records), failures=failures, counters=_counters(result),
-      tfds_splits=tfds_splits, tfds_error=tfds_error, seconds=time.time() - start)
+      tfds_splits=tfds_splits, tfds_error=tfds_error,
+      not_in_inputs=[] if listed is None else sorted({r.recording_id for r in records} - listed),
+      seconds=time.time() - start)
 
 
 def split_beam_args(text: str) -> list[str]:

@@ -4,6 +4,7 @@ import functools
 import http.server
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,6 +156,17 @@ def test_rerun_skips_finished_work(clean_run, stems_root):
   assert 'clips_written' not in summary.counters
   assert {p.name: p.stat().st_mtime_ns for p in (tokens_dir / 'clips').iterdir()} == before
   assert summary.clips == len(EXPECTED_WINDOWS) and len(summary.failures) == len(BAD)  # failures are retried
+  assert summary.not_in_inputs == []
+
+
+def test_recordings_missing_from_the_inputs_are_named_and_kept(clean_run, stems_root, tmp_path):
+  tokens_dir, fewer = tmp_path / 'tokens', tmp_path / 'stems'
+  shutil.copytree(clean_run[0], tokens_dir)
+  shutil.copytree(stems_root / 'rec_b', fewer / 'rec_b')  # moved: keeps its id, skipped as finished
+  summary = pipeline.run(make_config(fewer, tokens_dir))
+  assert summary.counters.get('recordings_skipped') == 1 and 'clips_written' not in summary.counters
+  assert summary.not_in_inputs == ['rec_a'] and summary.clips == len(EXPECTED_WINDOWS)
+  assert "1 recording(s) of earlier runs are not among these inputs" in summary.text()
 
 
 def test_changed_settings_are_refused(clean_run, stems_root):
