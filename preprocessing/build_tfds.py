@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from absl import app, flags
 
@@ -38,7 +39,7 @@ def main(argv):
         _TOKENS_DIR.value, _DATA_DIR.value, split_fractions=[float(f) for f in _SPLIT_FRACTIONS.value],
         split_seed=_SPLIT_SEED.value, beam_pipeline_options=_BEAM.value, overwrite=_OVERWRITE.value)
   except (manifest.ManifestError, ValueError) as e:
-    raise app.UsageError(str(e)) from e
+    sys.exit(f'error: {e}')
   print(json.dumps(counts))
 
 

@@ -8,8 +8,9 @@ only once the new checkpoint is complete (it is written to a hidden sibling fold
 one `error:` line (exit 1). The Python API `load_torch_checkpoint(path)` returns the JAX model with
 the float32 weights loaded; `model(src, tgt_in)` then computes the original's logits.
 
-This is the one module of `saxgpt_jax` that imports torch, and only inside `read_torch_checkpoint`.
-The state-dict layout is documented in shared/fixtures/upstream_parity/README.md.
+Besides bench's `--reference=torch`, this is the one module of `saxgpt_jax` that imports torch, and only
+inside `read_torch_checkpoint`. The state-dict layout is the original's, written out as modules in
+`saxgpt_jax/bench/torch_reference.py`.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ def version_dir(data_dir: str, name: str) -> epath.Path:
     raise FileNotFoundError(
         f'There is no TFDS dataset {name!r} under data_dir={data_dir!r} (looked for {root}/<version>/'
         f'dataset_info.json). Build it with: python -m preprocessing.build_tfds --tokens_dir=TOKENS_DIR '
-        f'--data_dir={data_dir}, or set --config.data.data_dir to where it was built.')
+        f'--data_dir={data_dir}, or point at where it was built (train: --config.data.data_dir=DIR; evaluate: '
+        f'--data_dir=DIR).')
   return versions[-1]
 
 

@@ -1,6 +1,6 @@
 r"""Evaluate a SaxGPT checkpoint on a dataset split: metrics, generation checks, report.json and PNG plots.
 
-    python -m saxgpt_jax.evaluate --checkpoint=runs/demo --split=test [--output=DIR] [--max_batches=N]
+    python -m saxgpt_jax.evaluate --checkpoint=runs/demo/train --split=test [--output=DIR] [--max_batches=N]
         [--num_examples=8] [--codec=random:0|none] [--data_dir=data/tfds] [--best]
 
 What it measures (all in OUTPUT/report.json, written atomically; OUTPUT defaults to CHECKPOINT/eval_<split>):

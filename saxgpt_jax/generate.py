@@ -159,12 +159,12 @@ def load_tokens(path: Path, num_codebooks: int) -> tuple[np.ndarray, bool]:
     tokens = np.load(path)
   except (OSError, ValueError, EOFError) as e:
     raise BackingError(f'{path}: not a readable .npy file ({e}).') from e
-  single = tokens.ndim == 2
+  shape, single = tokens.shape, tokens.ndim == 2
   if single:
     tokens = tokens[None]
   if tokens.ndim != 3 or tokens.shape[1] != num_codebooks:
     raise BackingError(f'{path}: expected raw tokens [{num_codebooks}, N] or [B, {num_codebooks}, N], '
-                       f'got {tokens.shape}.')
+                       f'got {shape}.')
   if tokens.size == 0:
     raise BackingError(f'{path}: holds no tokens (shape {tokens.shape}).')
   if not np.issubdtype(tokens.dtype, np.integer) or tokens.min() < 0 or tokens.max() > 2047:

@@ -2,8 +2,8 @@
 
 Shapes use axis letters: B batch, K codebooks, S backing (source) length, T solo (target) length,
 D d_model, N heads, H head dim, F feed-forward width, V codes per codebook (2048), L decoder layers.
-The definition of the original (state-dict layout, norms, embeddings) is in
-shared/fixtures/upstream_parity/README.md; `saxgpt_jax/convert_torch.py` maps its weights onto these.
+The original (state-dict layout, norms, embeddings) is written out in eager PyTorch in
+`saxgpt_jax/bench/torch_reference.py`; `saxgpt_jax/convert_torch.py` maps its weights onto these.
 
 Parameters are float32 (`param_dtype`) and carry logical axis names (`out_sharding` metadata) that
 `saxgpt_jax/sharding.py` maps onto the device mesh; matmuls run in `dtype` (bfloat16 by default);

@@ -453,8 +453,7 @@ def main(argv):
   try:
     train_and_evaluate(args.config, args.workdir)
   except (ConfigError, TrainingDivergedError, checkpoint.CheckpointError) as e:
-    logging.error('%s', e)
-    sys.exit(f'error: {e}')
+    sys.exit(f'error: {e}')  # printed by every process of a multi-host run
 
 
 if __name__ == '__main__':

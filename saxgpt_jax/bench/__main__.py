@@ -16,6 +16,7 @@ Examples:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -88,6 +89,9 @@ def run_command(command: str) -> dict:
   if _DTYPE.value:
     config.model.dtype = _DTYPE.value
   if _REFERENCE.value == 'torch':
+    if importlib.util.find_spec('torch') is None:  # before the JAX side is compiled and timed
+      raise ValueError('--reference=torch needs PyTorch, which is not installed here: pip install torch==2.13.0 '
+                       '(the version .[preprocess] pins), or drop --reference')
     # On a GPU both sides share the device: JAX allocates as it goes instead of taking 75% up front.
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   from saxgpt_jax.bench import timing

@@ -1,6 +1,7 @@
 """The original SaxGPT in eager PyTorch: the baseline of the benchmarks (`--reference=torch`) only.
 
-The architecture and state-dict layout are the ones in shared/fixtures/upstream_parity/README.md, so
+The architecture and state-dict layout are the upstream project's (as the parity fixtures that the tests
+read from ../shared/fixtures/upstream_parity pin them), so
 `load_state_dict(..., strict=True)` takes the original checkpoints (after `strip_ddp_prefix`). Shapes:
 tokens int64 [B, K, T] (delay-interleaved, 2048 = padding/start), memory float32 [B, S, d],
 logits float32 [B, K, T, 2048].

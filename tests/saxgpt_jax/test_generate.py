@@ -125,7 +125,7 @@ def test_bad_inputs_get_clear_errors(tiny_checkpoint, tmp_path):
   run = lambda backing, output='o': generate.run(
       checkpoint=str(tiny_checkpoint), backing=backing, output=str(tmp_path / output), sampling=GREEDY, seed=0,
       num_samples=1, max_frames=None, max_seconds=None, window_stride=None, codec_spec=None, progress=False)
-  with pytest.raises(SystemExit, match=r'expected raw tokens \[4, N\]'):
+  with pytest.raises(SystemExit, match=r'expected raw tokens \[4, N\] or \[B, 4, N\], got \(3, 10\)'):
     run(str(tmp_path / 'bad.npy'))
   with pytest.raises(SystemExit, match='does not exist'):
     run(str(tmp_path / 'missing.wav'))
