@@ -539,7 +539,7 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
   check_config(cfg)
   cfg['output_dir'] = str(Path(cfg['output_dir']).expanduser().resolve())
   cfg['work_dir'] = str(Path(_work_dir(cfg)).expanduser().resolve())
-  cfg['tfds_data_dir'] = str(Path(cfg['tfds_data_dir']).expanduser())
+  cfg['tfds_data_dir'] = os.path.expanduser(cfg['tfds_data_dir'])  # not Path(): keeps gs://
   options = pipeline_options(cfg, beam_args)
   direct = _direct_runner(options)
   _ensure_importable_by_workers()
