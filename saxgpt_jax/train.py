@@ -143,7 +143,10 @@ def _check_same_model(config: ml_collections.ConfigDict, directory, what: str) -
   """ConfigError if the checkpoint config beside `directory` (if any) has another model architecture."""
   if not (checkpoint.checkpoint_dir(directory) / checkpoint.CONFIG_FILE).exists():
     return
-  different = checkpoint.architecture_differences(config, checkpoint.read_config(directory))
+  try:
+    different = checkpoint.architecture_differences(config, checkpoint.read_config(directory))
+  except ValueError as e:  # a config.json from another version of this code
+    raise ConfigError(f'{what}: its {checkpoint.CONFIG_FILE} does not describe a model this code builds ({e})') from e
   if different:
     raise ConfigError(f'{what} has a different model (checkpoint, config): {different}; pass the matching '
                       f'--config or --config.model.* values (the checkpoint\'s are in '
