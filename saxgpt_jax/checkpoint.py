@@ -247,14 +247,17 @@ def _reading(directory: str | os.PathLike):
   converted checkpoint)."""
   directory = checkpoint_dir(directory)
   if not directory.is_dir():
-    raise CheckpointError(f'checkpoint directory {directory} does not exist')
+    raise CheckpointError(f'checkpoint directory {directory} does not exist; pass a training workdir, its '
+                          'checkpoints/ folder, or a convert_torch output.')
   with manager(directory, read_only=True, async_save=False) as mngr:
     yield mngr
 
 
 def chosen_step(directory: str | os.PathLike, *, best: bool = False) -> int:
-  """The step that `load_model(directory, best=best)` restores: the best or else the latest checkpoint."""
+  """The step that `load_model(directory, best=best)` restores: the best or else the latest checkpoint.
+  CheckpointError for a missing folder, a missing config.json, or no (best) checkpoint."""
   with _reading(directory) as mngr:
+    read_config(directory)  # its clear error, before the manager's
     return resolve_step(mngr, None, best)
 
 

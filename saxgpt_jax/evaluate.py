@@ -326,16 +326,6 @@ def write_json(path: Path, data: Mapping) -> None:
   os.replace(tmp, path)
 
 
-def _checkpoint_step(checkpoint: str, best: bool) -> int:
-  directory = ckpt_lib.checkpoint_dir(checkpoint)
-  if not directory.is_dir():
-    raise ckpt_lib.CheckpointError(f'--checkpoint={checkpoint}: {directory} does not exist; pass a training '
-                                   'workdir, its checkpoints/ folder, or a convert_torch output.')
-  ckpt_lib.read_config(checkpoint)  # clear error when config.json is missing
-  with ckpt_lib.manager(directory, read_only=True, async_save=False) as mngr:
-    return ckpt_lib.resolve_step(mngr, None, best)
-
-
 def _iterator_factory(config, split):
   from saxgpt_jax import data  # pylint: disable=g-import-not-at-top
 
@@ -369,7 +359,7 @@ def evaluate(checkpoint: str, split: str, *, output: str | None = None, max_batc
   if not kl_smoothing > 0:  # checked here, not after the whole teacher-forced pass
     raise EvaluationError(f'--kl_smoothing must be > 0 (pseudo-counts per code, e.g. {DEFAULT_KL_SMOOTHING}), '
                           f'got {kl_smoothing}.')
-  step = _checkpoint_step(checkpoint, best)
+  step = ckpt_lib.chosen_step(checkpoint, best=best)
   model, config = ckpt_lib.load_model(checkpoint, step=step)
   config = ml_collections.ConfigDict(config.to_dict())
   if data_dir is not None:
