@@ -367,8 +367,9 @@ def check_config(cfg: dict) -> None:
   need(cfg['beam']['num_workers'] >= 1, 'beam.num_workers', 'must be >= 1')
   need(cfg['beam']['direct_running_mode'] in ('in_memory', 'multi_threading', 'multi_processing'),
        'beam.direct_running_mode', 'in_memory, multi_threading or multi_processing')
-  fractions = cfg['split_fractions']
-  need(len(fractions) == 3 and min(fractions) >= 0 and abs(sum(fractions) - 1) < 1e-6, 'split_fractions',
+  from preprocessing import tfds_builder  # pylint: disable=g-import-not-at-top
+
+  need(tfds_builder.split_fractions_ok(cfg['split_fractions']), 'split_fractions',
        '3 non-negative numbers, train, validation and test, that sum to 1')
   if problems:
     raise PipelineError('unusable settings:\n  ' + '\n  '.join(problems)

@@ -34,6 +34,12 @@ DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 log = logging.getLogger(__name__)
 
 
+def split_fractions_ok(split_fractions: Sequence[float]) -> bool:
+  """3 non-negative fractions (train, validation, test) that sum to 1."""
+  fractions = np.asarray(split_fractions, np.float64)
+  return fractions.shape == (3,) and bool((fractions >= 0).all()) and bool(np.isclose(fractions.sum(), 1.0))
+
+
 def assign_splits(records: Sequence[manifest.ClipRecord], split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
                   split_seed: int = 0) -> dict[str, str]:
   """Maps every recording_id to 'train', 'validation' or 'test' by duration fractions (seeded).
@@ -44,10 +50,10 @@ def assign_splits(records: Sequence[manifest.ClipRecord], split_fractions: Seque
   at least 3 recordings every split with a positive fraction gets one. Fewer recordings than splits
   with a positive fraction is an error (use split_fractions like (1, 0, 0) for a train-only build).
   """
-  fractions = np.asarray(split_fractions, np.float64)
-  if fractions.shape != (3,) or (fractions < 0).any() or not np.isclose(fractions.sum(), 1.0):
+  if not split_fractions_ok(split_fractions):
     raise ValueError(f'split_fractions must be 3 non-negative numbers (train, validation, test) summing to 1, '
                      f'got {tuple(split_fractions)}.')
+  fractions = np.asarray(split_fractions, np.float64)
   frames: dict[str, int] = {}
   for rec in records:
     frames[rec.recording_id] = frames.get(rec.recording_id, 0) + rec.num_frames
