@@ -141,7 +141,8 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int, *, chec
 
 def _check_same_model(config: ml_collections.ConfigDict, directory, what: str) -> None:
   """ConfigError if the checkpoint config beside `directory` (if any) has another model architecture."""
-  if not (checkpoint.checkpoint_dir(directory) / checkpoint.CONFIG_FILE).exists():
+  path = checkpoint.checkpoint_dir(directory) / checkpoint.CONFIG_FILE
+  if not path.exists():
     return
   try:
     different = checkpoint.architecture_differences(config, checkpoint.read_config(directory))
@@ -149,8 +150,7 @@ def _check_same_model(config: ml_collections.ConfigDict, directory, what: str) -
     raise ConfigError(f'{what}: its {checkpoint.CONFIG_FILE} does not describe a model this code builds ({e})') from e
   if different:
     raise ConfigError(f'{what} has a different model (checkpoint, config): {different}; pass the matching '
-                      f'--config or --config.model.* values (the checkpoint\'s are in '
-                      f'{checkpoint.checkpoint_dir(directory) / checkpoint.CONFIG_FILE})')
+                      f'--config or --config.model.* values (the checkpoint\'s are in {path})')
 
 
 # --- Multi-host -------------------------------------------------------------------------------------
