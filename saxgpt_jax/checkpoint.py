@@ -21,6 +21,7 @@ import functools
 import json
 import math
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,27 @@ def architecture_differences(config: ml_collections.ConfigDict, other: ml_collec
   return {key: (theirs[key], mine[key]) for key in model_lib.ARCHITECTURE_FIELDS if theirs[key] != mine[key]}
 
 
+def _is_late_read_callback(unraisable) -> bool:
+  """The error a TensorStore read still in flight raises when it completes after orbax's event loop closed."""
+  return isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == 'Event loop is closed'
+
+
+def _silence_late_read_callbacks() -> None:
+  """After a failed restore, the array reads orbax started and abandoned finish one by one and each prints
+  a 'RuntimeError: Event loop is closed' traceback (sys.unraisablehook), dozens of them around the one
+  error that matters. Drop those; every other unraisable exception goes to the hook there was before."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_late_read_callbacks', False):
+    return
+
+  def hook(unraisable):
+    if not _is_late_read_callback(unraisable):
+      previous(unraisable)
+
+  hook.drops_late_read_callbacks = True
+  sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def restore_errors(directory: str | os.PathLike, step: int):
   """Turns an orbax / TensorStore failure while restoring `step` into one CheckpointError naming it."""
@@ -106,6 +128,7 @@ def restore_errors(directory: str | os.PathLike, step: int):
   except CheckpointError:
     raise
   except Exception as e:  # orbax raises many types (ValueError, KeyError, TensorStore's)
+    _silence_late_read_callbacks()
     first = (str(e).strip().splitlines() or [''])[0][:300]
     raise CheckpointError(
         f'checkpoint {step} in {directory} cannot be read ({type(e).__name__}: {first}). If that step is '

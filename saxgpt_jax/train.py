@@ -4,7 +4,8 @@ r"""Train SaxGPT on a (data, fsdp, tensor) device mesh, with orbax checkpoints t
 
 Every host of a pod or cluster runs the same command. Running it again with the same --workdir resumes
 from the latest checkpoint (parameters, optimizer, step, RNG and the input pipeline position), so the
-next batch is the one an uninterrupted run would have seen. `--config.init_from=DIR` starts from the
+next batch is the one an uninterrupted run would have seen; a run that has finished (and tested) only
+reports its test result again. `--config.init_from=DIR` starts from the
 parameters of a converted or earlier checkpoint instead of random ones (only for a fresh --workdir; one
 with checkpoints resumes). On SIGTERM, a first Ctrl-C, or a JAX preemption notice on multi-host runs, it
 saves, waits and exits 0.
@@ -270,7 +271,7 @@ class _TrainWindow:
     return out
 
 
-def _startup_report(trainer, compile_s: float, workdir, start_step: int, source: str) -> str:
+def _startup_report(trainer, compile_s: float | None, workdir, start_step: int, source: str) -> str:
   mesh = dict(trainer.mesh.shape)
   lines = [
       f'workdir {workdir}: {source}; step {start_step} of {trainer.config.train.num_steps}',
@@ -279,9 +280,30 @@ def _startup_report(trainer, compile_s: float, workdir, start_step: int, source:
       f'{train_state.state_bytes_per_device(trainer) / 2**20:.1f} MiB',
       f'global batch {trainer.config.train.global_batch_size} x {trainer.config.train.num_microbatches} '
       f'microbatch(es), {trainer.config.data.seq_len} frames; model dtype {trainer.config.model.dtype}',
+      'train step not compiled: only the test evaluation is left' if compile_s is None else
       f'train step compiled in {compile_s:.1f} s',
   ]
   return '\n'.join(lines)
+
+
+def _finished_run(workdir, step: int) -> dict[str, float] | None:
+  """What a run that reached `step` and tested it returned (its train, 'val_*' and 'test_*' metrics, read
+  back from metrics.jsonl), or None if it has no test record of `step` (e.g. it was stopped while testing).
+  Every process takes process 0's answer, so all of them skip the test evaluation or none does."""
+  records = {split: metrics_log.read_metrics(workdir, split).get(step)
+             for split in ('train', VALIDATION_SPLIT, TEST_SPLIT)}
+  found = records[TEST_SPLIT] is not None
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    found = bool(multihost_utils.broadcast_one_to_all(np.int32(found)))
+  if not found:
+    return None
+  result = {}
+  for split, prefix in (('train', ''), (VALIDATION_SPLIT, 'val_'), (TEST_SPLIT, 'test_')):
+    for name, value in (records[split] or {}).items():
+      if name not in ('step', 'split', 'time'):
+        result[prefix + name] = math.nan if value is None else float(value)
+  return result
 
 
 # --- Main entry ------------------------------------------------------------------------------------
@@ -326,6 +348,14 @@ def _train_loop(config, workdir, ckpt_dir, mngr, devices, iterator_factory, mesh
   latest = mngr.latest_step()
   if latest is not None:
     _check_same_model(config, ckpt_dir, f'the run in {workdir}')
+    finished = _finished_run(workdir, latest) if latest >= train_cfg.num_steps else None
+    if finished is not None:  # a rerun of a finished command: nothing to restore, compile, train or test
+      if is_main:
+        print(f'workdir {workdir}: finished at step {latest} (train.num_steps={train_cfg.num_steps}); test: '
+              f'loss {finished["test_loss"]:.4f} accuracy {finished["test_accuracy"]:.4f} perplexity '
+              f'{finished["test_perplexity"]:.2f} (from {metrics_log.METRICS_FILE}). Raise train.num_steps to train '
+              'on.', flush=True)
+      return finished
     abstract = trainer.abstract_sharded_state()
     checkpoint.check_param_shapes(mngr, latest, abstract.params)
     with checkpoint.restore_errors(ckpt_dir, latest):
@@ -343,10 +373,12 @@ def _train_loop(config, workdir, ckpt_dir, mngr, devices, iterator_factory, mesh
       source = f'parameters from {config.init_from} (step {init_step})'
   checkpoint.write_config(ckpt_dir, config)  # only once the checkpoints fit this config
   start_step = int(state.step)
-
-  start = time.perf_counter()
-  train_step = trainer.train_step.lower(trainer.abstract_sharded_state(), trainer.abstract_batch).compile()
-  compile_s = time.perf_counter() - start
+  if start_step >= train_cfg.num_steps:
+    train_step, compile_s = None, None  # only the test evaluation is left
+  else:
+    start = time.perf_counter()
+    train_step = trainer.train_step.lower(trainer.abstract_sharded_state(), trainer.abstract_batch).compile()
+    compile_s = time.perf_counter() - start
   report = _startup_report(trainer, compile_s, workdir, start_step, source)
   if is_main:
     print(report, flush=True)

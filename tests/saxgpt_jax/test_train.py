@@ -245,7 +245,7 @@ def test_command_trains_evaluates_checkpoints_and_reports(reference):
 
 
 def test_a_resume_with_another_model_or_a_damaged_checkpoint_is_refused_and_changes_nothing(data_dir, reference,
-                                                                                             tmp_path):
+                                                                                             compile_cache, tmp_path):
   workdir = tmp_path / 'copy'
   shutil.copytree(reference[1], workdir)
   saved = (workdir / 'checkpoints' / 'config.json').read_text()
@@ -258,8 +258,14 @@ def test_a_resume_with_another_model_or_a_damaged_checkpoint_is_refused_and_chan
   for path in (workdir / 'checkpoints' / str(NUM_STEPS) / 'params').rglob('*'):
     if path.is_file() and path.parent.name == 'd':
       path.write_bytes(b'')  # the array data of the latest checkpoint, lost
+  longer = {'train.num_steps': NUM_STEPS + 2}  # a finished run restores nothing: ask for more steps
   with pytest.raises(checkpoint.CheckpointError, match=f'checkpoint {NUM_STEPS} in .* cannot be read'):
-    train.train_and_evaluate(make_config(data_dir), workdir)
+    train.train_and_evaluate(make_config(data_dir, **longer), workdir)
+  # On the command line that is all the user sees: one line, not also a traceback from every array read
+  # orbax abandoned.
+  code, output = finish(start(command(data_dir, workdir, **longer), environment(compile_cache), tmp_path / 'damaged.log'),
+                        tmp_path / 'damaged.log')
+  assert code == 1 and output.startswith(f'error: checkpoint {NUM_STEPS} in ') and output.count('\n') == 1, output
 
 
 @pytest.mark.slow
@@ -268,9 +274,18 @@ def test_mesh_2x2x2_equals_one_device_and_its_checkpoint_resumes_on_one(data_dir
   output = run(args, environment(compile_cache, devices=8), tmp_path / 'run.log')
   assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in output
   assert_losses_close(train_losses(tmp_path), reference[0], rtol=1e-5)
-  # The same workdir on one device: restores the 8-device checkpoint (state re-sharded) and gives the
-  # reference's test loss.
+  # The same command again: the run is finished, so it only reports the test result it recorded.
+  records = (tmp_path / 'metrics.jsonl').read_text()
+  output = run(args, environment(compile_cache, devices=8), tmp_path / 'again.log')
+  test_loss = metrics_log.read_metrics(tmp_path, 'test')[NUM_STEPS]['loss']
+  assert f'finished at step {NUM_STEPS}' in output and f'test: loss {test_loss:.4f}' in output, output[-3000:]
+  assert 'compiled' not in output and (tmp_path / 'metrics.jsonl').read_text() == records
+  # As if it had been stopped while testing, on one device: restores the 8-device checkpoint (state
+  # re-sharded), compiles no train step, and gives the reference's test loss.
+  (tmp_path / 'metrics.jsonl').write_text(''.join(
+      line + '\n' for line in records.splitlines() if json.loads(line)['split'] != 'test'))
   output = run(command(data_dir, tmp_path), environment(compile_cache, devices=1), tmp_path / 'one.log')
+  assert 'train step not compiled' in output, output[-3000:]
   assert f'resumed from checkpoint {NUM_STEPS}' in output and "mesh {'data': 1," in output, output[-3000:]
   ref_test = metrics_log.read_metrics(reference[1], 'test')[NUM_STEPS]['loss']
   np.testing.assert_allclose(metrics_log.read_metrics(tmp_path, 'test')[NUM_STEPS]['loss'], ref_test, rtol=1e-5)
