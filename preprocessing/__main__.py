@@ -53,6 +53,10 @@ def main(argv):
   except (ingest.IngestError, pipeline.PipelineError) as e:
     print(f'preprocessing could not start: {e}', file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print(f'preprocessing interrupted: the clips finished so far are kept in {_CONFIG.value.output_dir}; rerun '
+          'the same command to go on from there.', file=sys.stderr)
+    return 130
   print(summary.text())
   return 0 if summary.ok else 1
 

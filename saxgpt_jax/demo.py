@@ -50,9 +50,22 @@ def _run(title: str, args: list[str], work: Path) -> None:
   """Runs one stage's command, printing it first; a failure stops the demo with the command to rerun."""
   print(f'\n=== {title}\n$ {shlex.join(args)}', flush=True)
   t0 = time.time()
-  result = subprocess.run(args, check=False)
-  if result.returncode != 0:
-    raise SystemExit(f'stage "{title}" failed (exit {result.returncode}); fix the message above and rerun '
+  process = subprocess.Popen(args)  # pylint: disable=consider-using-with
+  try:
+    code = process.wait()
+  except KeyboardInterrupt:  # the stage got the same Ctrl-C: let it stop its own way (training saves first)
+    print(f'\n=== {title}: interrupted; waiting for it to stop (Ctrl-C again to kill it)', file=sys.stderr,
+          flush=True)
+    try:
+      process.wait()
+    except KeyboardInterrupt:
+      process.kill()
+      process.wait()
+    print(f'demo interrupted in stage "{title}"; rerun `python -m saxgpt_jax.demo --workdir={work}` to go on '
+          '(finished stages and finished work inside a stage are kept).', file=sys.stderr, flush=True)
+    sys.exit(130)  # the shell's status for a Ctrl-C
+  if code != 0:
+    raise SystemExit(f'stage "{title}" failed (exit {code}); fix the message above and rerun '
                      f'`python -m saxgpt_jax.demo --workdir={work}` (finished stages are skipped).')
   print(f'=== {title}: done in {time.time() - t0:.0f} s', flush=True)
 
