@@ -65,10 +65,12 @@ _MINIMUM = ((_FRAMES, 1), (_STEPS, 1), (_WARMUP, 0), (_REPEATS, 1), (_TORCH_THRE
 
 
 def _check_counts() -> None:
-  """ValueError naming the first integer flag below its minimum (before it reaches a shape or a range)."""
+  """ValueError naming the first number flag below its minimum (before it reaches a shape or a range)."""
   for holder, minimum in _MINIMUM:
     if holder.value is not None and holder.value < minimum:
       raise ValueError(f'--{holder.name} must be >= {minimum}, got {holder.value}')
+  if _PEAK_FLOPS.value is not None and not _PEAK_FLOPS.value > 0:
+    raise ValueError(f'--peak_flops must be > 0 FLOP/s per device, e.g. 989e12, got {_PEAK_FLOPS.value}')
 
 
 def _single_batch(default: int) -> int:

@@ -64,6 +64,7 @@ def results(data_dir, tmp_path_factory):
       'bad_decode_batch': ['decode', '--batch=1,2y3'],
       'bad_frames_over_max_seq_len': ['train', '--frames=200'],  # a ConfigError from train.validate_config
       'bad_negative_frames': ['decode', '--frames=-5'],
+      'bad_peak_flops': ['train', '--peak_flops=0'],
       'bad_no_dataset': ['data', f'--config.data.data_dir={tmp_path_factory.mktemp("empty")}'],
   }
   # One CPU device, as a user runs it; the cheapest XLA optimisation level, as only the plumbing and the
@@ -230,6 +231,7 @@ def test_data_reports_pipeline_throughput(results):
     ('bad_decode_batch', "a decode batch is B or BxG (B backings x G samples each, both >= 1), got '2y3'"),
     ('bad_frames_over_max_seq_len', 'exceed model.max_seq_len=133'),
     ('bad_negative_frames', '--frames must be >= 1, got -5'),
+    ('bad_peak_flops', '--peak_flops must be > 0 FLOP/s per device, e.g. 989e12, got 0.0'),
     ('bad_no_dataset', "There is no TFDS dataset 'saxgpt_tokens'"),
 ])
 def test_bad_flags_fail_with_one_error_line(results, name, message):
