@@ -105,9 +105,10 @@ def _is_late_read_callback(unraisable) -> bool:
 
 
 def _silence_late_read_callbacks() -> None:
-  """After a failed restore, the array reads orbax started and abandoned finish one by one and each prints
-  a 'RuntimeError: Event loop is closed' traceback (sys.unraisablehook), dozens of them around the one
-  error that matters. Drop those; every other unraisable exception goes to the hook there was before."""
+  """When a restore fails, the array reads orbax started and abandoned finish one by one and each prints a
+  'RuntimeError: Event loop is closed' traceback (sys.unraisablehook), dozens of them around the one error
+  that matters, some before it is raised. From the first restore on, drop those; every other unraisable
+  exception goes to the hook there was before."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops_late_read_callbacks', False):
     return
@@ -123,12 +124,12 @@ def _silence_late_read_callbacks() -> None:
 @contextlib.contextmanager
 def restore_errors(directory: str | os.PathLike, step: int):
   """Turns an orbax / TensorStore failure while restoring `step` into one CheckpointError naming it."""
+  _silence_late_read_callbacks()
   try:
     yield
   except CheckpointError:
     raise
   except Exception as e:  # orbax raises many types (ValueError, KeyError, TensorStore's)
-    _silence_late_read_callbacks()
     first = (str(e).strip().splitlines() or [''])[0][:300]
     raise CheckpointError(
         f'checkpoint {step} in {directory} cannot be read ({type(e).__name__}: {first}). If that step is '
