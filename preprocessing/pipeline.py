@@ -414,10 +414,12 @@ def check_output_dir(cfg: dict) -> None:
 def pipeline_options(cfg: dict, beam_args: Sequence[str] = ()) -> PipelineOptions:
   """Options from config.beam, then `beam_args` (later flags win: anything can be overridden)."""
   b = cfg['beam']
-  # Workers log our progress (the `preprocessing` loggers) at INFO and Beam's own, very chatty harness at
-  # WARNING; pass --default_sdk_harness_log_level=INFO in --beam_pipeline_options to see everything.
+  # Workers log our progress (the `preprocessing` loggers) at INFO and Beam's own, very chatty harness only
+  # at ERROR (its warnings are start-up notes such as 'No semi_persistent_directory found', each printed by
+  # every worker and again by the job service); pass --default_sdk_harness_log_level=INFO in
+  # --beam_pipeline_options to see everything.
   args = [f'--runner={b["runner"]}', f'--direct_running_mode={b["direct_running_mode"]}',
-          f'--direct_num_workers={b["num_workers"]}', '--default_sdk_harness_log_level=WARNING',
+          f'--direct_num_workers={b["num_workers"]}', '--default_sdk_harness_log_level=ERROR',
           '--sdk_harness_log_level_overrides={"preprocessing":"INFO"}', *beam_args]
   return PipelineOptions(args)
 
