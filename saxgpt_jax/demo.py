@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 
 import configs
 
@@ -138,6 +138,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # tfds' INFO line when the held-out backing is looked up
   f = flags.FLAGS
   run_demo(Path(f.workdir), num_pieces=f.num_pieces, seconds=f.seconds, steps=f.steps, workers=f.workers,
            seed=f.seed)
