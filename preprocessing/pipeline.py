@@ -571,7 +571,7 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
       tfds_splits = tfds_builder.build_dataset(
           cfg['output_dir'], cfg['tfds_data_dir'], split_fractions=tuple(cfg['split_fractions']),
           split_seed=cfg['split_seed'], beam_pipeline_options=list(beam_args) if beam_args else None,
-          overwrite=True)
+          overwrite=True, keep_if_current=True)
     except manifest.ManifestError as e:  # e.g. too few recordings for the splits: the tokens are kept
       tfds_error = (f'{e} (rebuild later with python -m preprocessing.build_tfds --tokens_dir={cfg["output_dir"]} '
                     f'--data_dir={cfg["tfds_data_dir"]} --overwrite)')

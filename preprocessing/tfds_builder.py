@@ -15,6 +15,7 @@ Importing this module never imports jax.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -104,6 +105,18 @@ def _example_from_json(line: str, tokens_dir: str) -> tuple[str, dict[str, Any]]
   return _example(tokens_dir, manifest.ClipRecord.from_dict(json.loads(line)))
 
 
+def source_fingerprint(tokens_dir: str | os.PathLike, records: Sequence[manifest.ClipRecord],
+                       split_fractions: Sequence[float], split_seed: int) -> str:
+  """sha256 of what a build is made from: the clip records, each clip file's size and modification time,
+  and the split settings. Equal fingerprints give equal datasets."""
+  digest = hashlib.sha256(json.dumps([str(SaxgptTokens.VERSION), [float(f) for f in split_fractions],
+                                      int(split_seed)]).encode())
+  for record in sorted(records, key=lambda r: r.clip_id):
+    stat = (Path(tokens_dir) / record.path).stat()
+    digest.update(f'{record.to_json()} {stat.st_size} {stat.st_mtime_ns}\n'.encode())
+  return digest.hexdigest()
+
+
 class SaxgptTokens(tfds.core.GeneratorBasedBuilder):
   """Backing and lead EnCodec tokens of sax solos over jazz backing tracks, split by recording."""
 
@@ -176,6 +189,8 @@ class SaxgptTokens(tfds.core.GeneratorBasedBuilder):
         'split_fractions': list(self._split_fractions),
         'split_seed': self._split_seed,
         'recordings': {s: sorted(r for r, v in split_of.items() if v == s) for s in SPLITS},
+        'source_fingerprint': source_fingerprint(self._tokens_dir, self.records, self._split_fractions,
+                                                 self._split_seed),
     })
     by_split = {s: [r for r in self._records if split_of[r.recording_id] == s] for s in SPLITS}
     return {s: self._generate_examples(recs) for s, recs in by_split.items() if recs}
@@ -202,13 +217,15 @@ def beam_options(flags: str | Sequence[str] | None):
 def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
                   split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS, split_seed: int = 0,
                   beam_pipeline_options: str | Sequence[str] | Any | None = None,
-                  overwrite: bool = False) -> dict[str, int]:
+                  overwrite: bool = False, keep_if_current: bool = False) -> dict[str, int]:
   """Builds `saxgpt_tokens` from `tokens_dir` into `data_dir`; returns {split: number of clips}.
 
   beam_pipeline_options: None (plain generation), a flag string/list such as
   '--runner=DirectRunner --direct_running_mode=multi_processing --direct_num_workers=2', or PipelineOptions.
   An existing build of the same version is reused unless overwrite=True; a local one is replaced only once
-  the new build is complete.
+  the new build is complete. keep_if_current: even with overwrite, keep an existing build made from the
+  same clips and split settings (its `source_fingerprint`), e.g. when a resumed preprocessing run added
+  nothing.
   """
   use_beam = beam_pipeline_options is not None
   options = None
@@ -218,6 +235,11 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
   mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if not overwrite
           else tfds.download.GenerateMode.FORCE_REDOWNLOAD)
   final = Path(data_dir) / NAME / str(SaxgptTokens.VERSION)
+  if overwrite and keep_if_current:
+    counts = _current_build(tokens_dir, data_dir, split_fractions, split_seed)
+    if counts is not None:
+      log.info('%s %s in %s is up to date with %s: %s', NAME, SaxgptTokens.VERSION, data_dir, tokens_dir, counts)
+      return counts
   # Rebuilding over a local build: write beside it and swap at the end, so a failed rebuild keeps the old one.
   staging = (Path(data_dir) / f'.{NAME}-rebuild' if overwrite and '://' not in str(data_dir)
              and (final / 'dataset_info.json').exists() else None)
@@ -243,6 +265,21 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
   counts = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
   log.info('%s %s in %s: %s', NAME, builder.version, builder.data_dir, counts)
   return counts
+
+
+def _current_build(tokens_dir, data_dir, split_fractions, split_seed) -> dict[str, int] | None:
+  """{split: number of clips} of the build in `data_dir` if it was made from exactly these clips and split
+  settings, else None (none there, an older build without a fingerprint, or anything changed)."""
+  try:
+    built = tfds.builder_from_directory(_latest_version_dir(data_dir))
+  except FileNotFoundError:
+    return None
+  if built.version != SaxgptTokens.VERSION:
+    return None
+  wanted = source_fingerprint(tokens_dir, manifest.read_manifest(tokens_dir), split_fractions, split_seed)
+  if built.info.metadata.get('source_fingerprint') != wanted:
+    return None
+  return {name: int(info.num_examples) for name, info in built.info.splits.items()}
 
 
 def split_recordings(data_dir: str | os.PathLike) -> dict[str, list[str]]:

@@ -169,3 +169,23 @@ def test_a_failed_rebuild_keeps_the_previous_dataset(tmp_path):
   counts = rebuild()
   assert counts == {'train': 1, 'validation': 1, 'test': 1}
   assert sorted(sum((list(read_split(data_dir, s)) for s in counts), [])) == sorted(r.clip_id for r in records)
+
+
+def test_a_build_from_the_same_clips_is_kept_and_any_change_rebuilds(tmp_path):
+  """What a resumed preprocessing run asks for (overwrite, keep_if_current): nothing new, nothing rebuilt."""
+  tokens_dir, data_dir = tmp_path / 'tokens', tmp_path / 'tfds'
+  records, _ = write_tokens(tokens_dir, num_recordings=3, clips_per_recording=1, augment=False)
+  build = lambda fractions=(0.4, 0.3, 0.3): tfds_builder.build_dataset(
+      tokens_dir, data_dir, split_fractions=fractions, overwrite=True, keep_if_current=True)
+  info = data_dir / tfds_builder.NAME / '1.0.0' / 'dataset_info.json'
+  counts = build()
+  built = info.stat().st_mtime_ns
+  assert build() == counts and info.stat().st_mtime_ns == built  # the same clips: kept as it was
+  for change in (lambda: (os.utime(tokens_dir / records[0].path, ns=(1, 1)), build())[1],  # a clip written again
+                 lambda: build((1, 0, 0)),  # other split settings
+                 # plain overwrite (build_tfds --overwrite) always rebuilds
+                 lambda: tfds_builder.build_dataset(tokens_dir, data_dir, split_fractions=(1, 0, 0), overwrite=True)):
+    before = info.stat().st_mtime_ns
+    change()
+    assert info.stat().st_mtime_ns != before
+  assert build((1, 0, 0)) == {'train': 3}
