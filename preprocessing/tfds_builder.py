@@ -263,7 +263,7 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
     shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
   counts = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
-  log.info('%s %s in %s: %s', NAME, builder.version, builder.data_dir, counts)
+  log.info('%s %s in %s: %s', NAME, builder.version, final if staging is not None else builder.data_dir, counts)
   return counts
 
 
