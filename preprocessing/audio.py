@@ -126,7 +126,7 @@ def loudness_normalize(wave: np.ndarray, sr: int, target_lufs: float = TARGET_LU
   if wave.shape[0] < min_len:
     raise AudioError(
         f'audio is {wave.shape[0] / sr:.3f} s long, shorter than the {_LOUDNESS_BLOCK_S} s block that '
-        f'loudness measurement needs.')
+        f'loudness measurement needs: give at least {_LOUDNESS_BLOCK_S} s of audio.')
   if not np.any(wave):
     return wave
   loudness = pyloudnorm.Meter(sr).integrated_loudness(wave.astype(np.float64))

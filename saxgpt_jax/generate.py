@@ -181,7 +181,7 @@ def _read_backing(path: Path, num_codebooks: int, codec) -> tuple[np.ndarray, bo
   try:
     wave = audio.prepare(*audio.load_audio(path))
   except audio.AudioError as e:
-    raise BackingError(str(e)) from e
+    raise BackingError(str(e) if str(path) in str(e) else f'{path}: {e}') from e  # name the file once
   return codec.encode(wave, audio.TARGET_SR)[None].astype(np.int32), True, wave
 
 

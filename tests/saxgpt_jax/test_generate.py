@@ -1,6 +1,7 @@
 """saxgpt_jax.generate and convert_torch end to end: fixture parity through the CLI, seams, audio out."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import soundfile as sf
 
 from configs import tiny
 from saxgpt_jax import checkpoint as ckpt_lib
@@ -132,6 +134,10 @@ def test_bad_inputs_get_clear_errors(tiny_checkpoint, tmp_path):
   (tmp_path / 'notes.txt').write_text('x')
   with pytest.raises(SystemExit, match='unsupported type'):
     run(str(tmp_path / 'notes.txt'))
+  sf.write(tmp_path / 'blip.wav', np.full(1600, 0.1, np.float32), 32000)
+  with pytest.raises(SystemExit, match=re.escape(f'{tmp_path / "blip.wav"}: audio is 0.050 s long') +
+                     '.*give at least 0.4 s of audio'):
+    run(str(tmp_path / 'blip.wav'))
   clash = tmp_path / 'clash'
   clash.mkdir()
   np.save(clash / 'take1.npy', np.zeros((4, 10), np.int64))
