@@ -105,10 +105,10 @@ def _is_late_read_callback(unraisable) -> bool:
 
 
 def _silence_late_read_callbacks() -> None:
-  """When a restore fails, the array reads orbax started and abandoned finish one by one and each prints a
-  'RuntimeError: Event loop is closed' traceback (sys.unraisablehook), dozens of them around the one error
-  that matters, some before it is raised. From the first restore on, drop those; every other unraisable
-  exception goes to the hook there was before."""
+  """When a read of a damaged checkpoint fails (a restore, or the metadata read of check_param_shapes), the
+  array reads orbax started and abandoned finish one by one and each prints a 'RuntimeError: Event loop is
+  closed' traceback (sys.unraisablehook): dozens of them around the one error that matters. From the first
+  manager on, drop those; every other unraisable exception goes to the hook there was before."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops_late_read_callbacks', False):
     return
@@ -124,7 +124,6 @@ def _silence_late_read_callbacks() -> None:
 @contextlib.contextmanager
 def restore_errors(directory: str | os.PathLike, step: int):
   """Turns an orbax / TensorStore failure while restoring `step` into one CheckpointError naming it."""
-  _silence_late_read_callbacks()
   try:
     yield
   except CheckpointError:
@@ -180,6 +179,7 @@ def manager(directory: str | os.PathLike, *, keep_latest: int | None = None,
   """A CheckpointManager over `directory`, keeping the latest `keep_latest` checkpoints plus the
   `keep_best` with the lowest validation loss (None keeps all). `read_only` creates nothing and
   removes nothing (for restoring). `with_metrics=False`: its saves carry no metrics (no best step)."""
+  _silence_late_read_callbacks()
   policies = []
   if keep_latest is not None:
     policies.append(ocp.checkpoint_managers.LatestN(n=keep_latest))

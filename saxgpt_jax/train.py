@@ -487,7 +487,12 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)
   try:
     train_and_evaluate(args.config, args.workdir)
-  except (ConfigError, TrainingDivergedError, checkpoint.CheckpointError) as e:
+  except checkpoint.CheckpointError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    # Nothing is pending (the manager is closed), but array reads a failed restore abandoned can still be
+    # finishing, and one that finishes while Python shuts down prints a traceback past any hook: end now.
+    os._exit(1)  # pylint: disable=protected-access
+  except (ConfigError, TrainingDivergedError) as e:
     sys.exit(f'error: {e}')  # printed by every process of a multi-host run
 
 
