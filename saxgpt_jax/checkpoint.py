@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -49,7 +50,11 @@ class CheckpointError(RuntimeError):
 
 
 def as_path(directory: str | os.PathLike) -> epath.Path:
-  """An etils path: local paths expanded and absolute; gs:// and other remote URLs as they are."""
+  """An etils path: local paths expanded and absolute; gs:// and other remote URLs as they are.
+  CheckpointError for a gs:// path when gcsfs (in the `train` extra) is missing."""
+  if os.fspath(directory).startswith('gs://') and importlib.util.find_spec('gcsfs') is None:
+    raise CheckpointError(f'{os.fspath(directory)}: gs:// paths need gcsfs, which is not installed; install the '
+                          "project with pip install '.[train]' (or pip install gcsfs==2026.10.1)")
   path = epath.Path(directory)
   return path if is_remote(path) else epath.Path(Path(directory).expanduser().resolve())
 

@@ -1,5 +1,6 @@
 """Checkpoint round trips: save_params/load_model, partial restore of training checkpoints, 8 -> 1 devices."""
 
+import importlib.util
 import json
 import logging
 
@@ -109,3 +110,12 @@ def test_training_checkpoint_on_8_devices_restores_on_1(tmp_path):
   assert_same_params(restored['params'], jax.tree.map(np.asarray, params))
   assert_same_params(restored['train'], jax.tree.map(np.asarray, train))
   assert isinstance(restored['train']['opt_state'][0], optax.ScaleByAdamState)
+
+
+def test_gs_paths_need_gcsfs_which_the_train_extra_installs(monkeypatch):
+  assert str(checkpoint.as_path('gs://bucket/run')) == 'gs://bucket/run'  # no traffic: only the path object
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'gcsfs' else real(name, *a))
+  with pytest.raises(checkpoint.CheckpointError, match=r"gs://bucket/run: gs:// paths need gcsfs.*pip install '\.\[train\]'"):
+    checkpoint.as_path('gs://bucket/run')
+  assert checkpoint.as_path('relative/dir').is_absolute()  # local paths never need it
