@@ -24,17 +24,22 @@ Commands:
 
 Flags (--flag=value):
   --name=saxgpt-pod             slice name (and queued-resource id with --queued)
-  --zone=us-central2-b          GCE zone
+  --zone=us-central2-b          GCE zone; it must offer the type (this default has v4 only): see
+                                `gcloud compute tpus accelerator-types list --zone=ZONE`
   --project=                    GCP project (default: gcloud's configured project)
   --accelerator_type=v4-32      TPU type; sets the number of hosts (v2/v3/v4/v5p-N: N/8, v5litepod/v6e-N: N/4)
   --num_workers=                override the number of hosts derived from --accelerator_type
-  --version=tpu-ubuntu2204-base TPU VM runtime (software) version
+  --version=                    TPU VM runtime (software) version; default from --accelerator_type, as Google
+                                lists them: v6e v2-alpha-tpuv6e, v5p v2-alpha-tpuv5, v5e (v5litepod)
+                                v2-alpha-tpuv5-lite, v4 and older tpu-ubuntu2204-base
   --spot                        spot capacity (can be preempted at any time: use babysit)
   --queued                      create through `gcloud compute tpus queued-resources` (waits for capacity)
   --config=configs/base.py      training config file
   --workdir=gs://BUCKET/RUN     checkpoints, metrics and logs; required for train/babysit/all
-  --ref=HEAD                    git ref of the code to ship (committed changes only)
-  --repo_url=                   clone --ref from this URL on the hosts instead of copying `git archive`
+  --ref=HEAD                    git ref of the code to ship (committed changes only); with --repo_url, a
+                                branch, tag or commit of that repository (HEAD: its default branch)
+  --repo_url=                   fetch --ref from this URL on the hosts (cloning it the first time) instead
+                                of copying `git archive`; a later setup fetches it again
   --remote_dir=saxgpt-jax       code folder on the hosts (relative to the home folder)
   --log_dir=runs/tpu/NAME       local folder for the per-host logs
   --poll_s=60                   babysit: seconds between checks of the slice
@@ -46,7 +51,8 @@ Everything after `--` is passed to saxgpt_jax.train on every host, e.g. -- --con
 
 Examples:
   launch/tpu_pod.sh all --name=sax --accelerator_type=v4-32 --config=configs/large.py --workdir=gs://b/large
-  launch/tpu_pod.sh babysit --name=sax --spot --accelerator_type=v5litepod-16 --workdir=gs://b/run --dry_run
+  launch/tpu_pod.sh babysit --name=sax --spot --accelerator_type=v5litepod-16 --zone=us-west4-a \
+      --workdir=gs://b/run --dry_run
   launch/tpu_pod.sh delete --name=sax
 USAGE
 }
@@ -57,7 +63,7 @@ ZONE=us-central2-b
 PROJECT=''
 ACCELERATOR_TYPE=v4-32
 NUM_WORKERS=''
-VERSION=tpu-ubuntu2204-base
+VERSION=''
 SPOT=0
 QUEUED=0
 CONFIG=configs/base.py
@@ -104,6 +110,14 @@ done
 [[ $REMOTE_DIR =~ ^[A-Za-z0-9_./-]+$ ]] || die "--remote_dir=$REMOTE_DIR: use letters, digits, _ . / - only"
 [[ $POLL_S =~ ^[0-9]+$ && $MAX_FAILURES =~ ^[0-9]+$ ]] || die '--poll_s and --max_failures take whole numbers'
 LOG_DIR=${LOG_DIR:-runs/tpu/$NAME}
+if [[ -z $VERSION ]]; then  # Google's runtime for each TPU generation (cloud.google.com/tpu/docs/runtimes)
+  case $ACCELERATOR_TYPE in
+    v6e-*) VERSION=v2-alpha-tpuv6e ;;
+    v5p-*) VERSION=v2-alpha-tpuv5 ;;
+    v5litepod-* | v5e-*) VERSION=v2-alpha-tpuv5-lite ;;
+    *) VERSION=tpu-ubuntu2204-base ;;
+  esac
+fi
 PIDFILE=/tmp/saxgpt-train.pid
 ARCHIVE=/tmp/saxgpt-jax-src.tar.gz
 
@@ -187,9 +201,10 @@ wait_until_active() {
 setup() {
   local fetch
   if [[ -n $REPO_URL ]]; then
-    fetch="if [ -d $REMOTE_DIR/.git ]; then git -C $REMOTE_DIR fetch --quiet origin; \
-else git clone --quiet $(quote_cmd "$REPO_URL") $REMOTE_DIR; fi && \
-git -C $REMOTE_DIR checkout --quiet --force $(quote_cmd "$REF")"
+    # Fetch the ref itself and check out what was fetched: on a host set up before, a plain fetch would
+    # not move its local branch (nor HEAD), and the old code would run again.
+    fetch="if [ ! -d $REMOTE_DIR/.git ]; then git clone --quiet $(quote_cmd "$REPO_URL") $REMOTE_DIR; fi && \
+git -C $REMOTE_DIR fetch --quiet origin $(quote_cmd "$REF") && git -C $REMOTE_DIR checkout --quiet --force FETCH_HEAD"
   else
     run git archive --format=tar.gz "--output=$ARCHIVE" "$REF"
     gcloud_tpu tpu-vm scp "$ARCHIVE" "$NAME:$ARCHIVE" --worker=all

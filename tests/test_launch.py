@@ -98,6 +98,18 @@ def test_tpu_train_runs_on_every_host(stubs, accelerator, hosts):
   assert [_option(c, '--worker') for c in train] == [str(i) for i in range(hosts)]
 
 
+@pytest.mark.parametrize('accelerator, version', [('v4-32', 'tpu-ubuntu2204-base'), ('v3-8', 'tpu-ubuntu2204-base'),
+                                                  ('v5litepod-16', 'v2-alpha-tpuv5-lite'), ('v5p-8', 'v2-alpha-tpuv5'),
+                                                  ('v6e-8', 'v2-alpha-tpuv6e')])
+def test_tpu_runtime_version_follows_the_accelerator_unless_given(stubs, accelerator, version):
+  proc = _run(stubs, 'tpu_pod.sh', 'create', '--dry_run', f'--accelerator_type={accelerator}')
+  (create,) = _find(_commands(proc.stdout), 'gcloud', 'compute', 'tpus', 'tpu-vm', 'create')
+  assert f'--version={version}' in create, create
+  proc = _run(stubs, 'tpu_pod.sh', 'create', '--dry_run', f'--accelerator_type={accelerator}', '--version=custom-1')
+  (create,) = _find(_commands(proc.stdout), 'gcloud', 'compute', 'tpus', 'tpu-vm', 'create')
+  assert '--version=custom-1' in create, create
+
+
 def test_tpu_num_workers_override_and_log_dir(stubs):
   proc = _run(stubs, 'tpu_pod.sh', 'train', '--dry_run', '--accelerator_type=v4-32', '--num_workers=2',
               '--log_dir=/tmp/podlogs', '--workdir=gs://b/r')
@@ -122,7 +134,9 @@ def test_tpu_babysit_queued_spot_from_git(stubs):
   assert not _find(commands, 'git', 'archive')
   ssh = _find(commands, 'gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh')
   setup = _option(ssh[0], '--command')
-  assert 'git clone --quiet https://example.com/saxgpt-jax.git saxgpt-jax' in setup and 'checkout --quiet --force v1.2' in setup
+  assert 'git clone --quiet https://example.com/saxgpt-jax.git saxgpt-jax' in setup
+  # A host set up before fetches the ref itself and checks out what came (a plain fetch moves nothing).
+  assert 'git -C saxgpt-jax fetch --quiet origin v1.2 && git -C saxgpt-jax checkout --quiet --force FETCH_HEAD' in setup
   assert [_option(c, '--worker') for c in ssh[1:]] == ['0', '1', '2', '3']
   assert 'every 30s' in proc.stdout
 
