@@ -54,13 +54,15 @@ class CodecError(RuntimeError):
   """A codec that cannot be loaded or used; the message says how to fix it."""
 
 
-def _offline_help(spec: str, cause: str) -> str:
+def _offline_help(spec: str, cause: str, hub_id: str | None = None) -> str:
+  """What failed for `spec`, and how to fetch the hub weights `hub_id` (default `spec` itself)."""
+  hub_id = hub_id or spec
   return (
       f'Cannot load EnCodec weights {spec!r}: {cause}.\n'
-      f'On a machine with internet access, download them:\n'
-      f'  huggingface-cli download {spec} --local-dir DIR\n'
+      f'On a machine with internet access, download {"them" if hub_id == spec else hub_id}:\n'
+      f'  huggingface-cli download {hub_id} --local-dir DIR\n'
       f'or in Python:\n'
-      f'  from huggingface_hub import snapshot_download; snapshot_download("{spec}", local_dir="DIR")\n'
+      f'  from huggingface_hub import snapshot_download; snapshot_download("{hub_id}", local_dir="DIR")\n'
       f'then copy DIR here and point at it (preprocessing: --config.codec.weights=DIR; saxgpt_jax.generate and '
       f'evaluate: --codec=DIR; Python: Codec.load("DIR")), or copy the Hugging Face cache '
       f'(~/.cache/huggingface/hub) here. For tests and the offline demo, the spec random:0 builds the same '
@@ -194,13 +196,13 @@ def _pretrained_model(spec: str) -> transformers.EncodecModel:
   path = Path(spec).expanduser()
   if path.is_dir():
     if not (path / 'config.json').exists():
-      raise CodecError(_offline_help(DEFAULT_SPEC, f'the folder {path} has no config.json'))
+      raise CodecError(_offline_help(spec, f'the folder {path} has no config.json', DEFAULT_SPEC))
     try:
       return transformers.EncodecModel.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
-      raise CodecError(_offline_help(DEFAULT_SPEC, f'the folder {path} holds no usable weights ({e})')) from e
+      raise CodecError(_offline_help(spec, f'the folder {path} holds no usable weights ({e})', DEFAULT_SPEC)) from e
   if spec.startswith(('/', './', '../', '~')) or spec.count('/') > 1:
-    raise CodecError(_offline_help(DEFAULT_SPEC, f'{spec} is not a folder'))
+    raise CodecError(_offline_help(spec, f'{spec} is not a folder', DEFAULT_SPEC))
   try:
     return transformers.EncodecModel.from_pretrained(spec, local_files_only=True)
   except OSError as cached_error:

@@ -246,29 +246,33 @@ def metrics_workdir(checkpoint: str | os.PathLike) -> Path | None:
   return None
 
 
-def _decode_audio(codec_spec: str, arrays: dict[str, np.ndarray], src_frames: np.ndarray
-                  ) -> tuple[dict[str, np.ndarray] | None, int, str | None]:
-  """Decodes the first window's backing / reference / sampled solo; (waves, rate, None) or (None, 0, why)."""
+def _load_codec(codec_spec: str) -> tuple[Any, str | None]:
+  """(the loaded preprocessing Codec, None), or (None, why it cannot be used)."""
   if codec_spec == NO_CODEC:
-    return None, 0, '--codec=none'
+    return None, '--codec=none'
   try:
     from preprocessing import codec as codec_lib  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    return None, 0, f'the preprocess extra is not installed ({e}); pip install -e ".[preprocess]"'
-  n = int(arrays['real'][0].sum())
+    return None, f'the preprocess extra is not installed ({e}); pip install -e ".[preprocess]"'
   try:
-    codec = codec_lib.Codec.load(codec_spec)
-    waves = {'backing': codec.decode(src_frames[:, :n]),
-             'reference solo': codec.decode(arrays['reference'][0][:, :n]),
-             'generated solo (sampled)': codec.decode(arrays['sampled'][0][:, :n])}
+    return codec_lib.Codec.load(codec_spec), None
   except codec_lib.CodecError as e:
-    return None, 0, f'codec {codec_spec!r} could not be used: {e}'
-  return waves, codec.sample_rate, None
+    return None, f'codec {codec_spec!r} could not be used: {e}'
+
+
+def _decode_audio(codec, arrays: dict[str, np.ndarray], src_frames: np.ndarray) -> dict[str, np.ndarray]:
+  """The first window's backing / reference / sampled solo, decoded with `codec`."""
+  n = int(arrays['real'][0].sum())
+  return {'backing': codec.decode(src_frames[:, :n]),
+          'reference solo': codec.decode(arrays['reference'][0][:, :n]),
+          'generated solo (sampled)': codec.decode(arrays['sampled'][0][:, :n])}
 
 
 def make_plots(output: Path, *, checkpoint: str, step: int, config: ml_collections.ConfigDict,
-               arrays: dict | None, examples: Examples | None, codec_spec: str) -> dict[str, Any]:
-  """Writes every PNG it can; returns {'files': {name: path}, 'skipped': {name: reason}}."""
+               arrays: dict | None, examples: Examples | None, codec_spec: str,
+               codec: Any = None) -> dict[str, Any]:
+  """Writes every PNG it can; returns {'files': {name: path}, 'skipped': {name: reason}}. `codec`: one
+  loaded already (else `codec_spec` is loaded here, and the spectrograms are skipped if it cannot be)."""
   files, skipped = {}, {}
   k_count = config.model.num_codebooks
   workdir = metrics_workdir(checkpoint)
@@ -290,13 +294,16 @@ def make_plots(output: Path, *, checkpoint: str, step: int, config: ml_collectio
        'greedy autoregressive vs reference': arrays['rate_by_frame']['ar_vs_reference'],
        'teacher-forced argmax vs reference': arrays['rate_by_frame']['tf_vs_reference']},
       output / 'agreement_by_frame.png'))
-  waves, rate, why = _decode_audio(codec_spec, arrays, delayed_to_frames(examples.src[:1])[0])
-  if waves is None:
-    skipped['spectrograms'] = why
-    logging.warning('spectrograms skipped: %s', why)
+  why = None
+  if codec is None:
+    codec, why = _load_codec(codec_spec)
+  if codec is None:
+    skipped['spectrograms'] = why  # printed with the summary
   else:
+    waves = _decode_audio(codec, arrays, delayed_to_frames(examples.src[:1])[0])
     files['spectrograms'] = str(plots.spectrograms(
-        waves, rate, output / 'spectrograms.png', title=f'First evaluated window, decoded with {codec_spec}'))
+        waves, codec.sample_rate, output / 'spectrograms.png',
+        title=f'First evaluated window, decoded with {codec_spec}'))
   return {'files': files, 'skipped': skipped}
 
 
@@ -373,8 +380,15 @@ def evaluate(checkpoint: str, split: str, *, output: str | None = None, max_batc
   if length > cfg.max_seq_len:
     raise EvaluationError(f'data.seq_len {config.data.seq_len} + K + 1 = {length} positions exceed the model\'s '
                           f'max_seq_len {cfg.max_seq_len}; the checkpoint config is inconsistent.')
-  codec_spec = codec_spec or config.data.get('codec', 'facebook/encodec_32khz')
   out_dir = Path(output) if output else ckpt_lib.as_path(checkpoint) / f'eval_{split}'  # beside, not in, checkpoints/
+  if out_dir.exists() and not out_dir.is_dir():
+    raise EvaluationError(f'--output={out_dir} is a file; pass a folder for report.json and the plots.')
+  codec = None  # loaded at plot time; a codec named on the command line is checked before the long passes
+  if codec_spec is not None and codec_spec != NO_CODEC and num_examples > 0:
+    codec, why = _load_codec(codec_spec)
+    if codec is None:
+      raise EvaluationError(f'--codec={codec_spec}: {why}')
+  codec_spec = codec_spec or config.data.get('codec', 'facebook/encodec_32khz')
   sampling = decode.SamplingParams.make(temperature=config.sample.temperature, top_k=config.sample.top_k,
                                         top_p=config.sample.top_p, greedy=config.sample.greedy)
 
@@ -397,7 +411,7 @@ def evaluate(checkpoint: str, split: str, *, output: str | None = None, max_batc
     generation['distribution']['split_reference'] = {'entropy_bits_k': entropy_bits(split_counts).tolist()}
     report.update(generation)
   report['plots'] = make_plots(out_dir, checkpoint=checkpoint, step=step, config=config, arrays=arrays, examples=examples,
-                               codec_spec=codec_spec)
+                               codec_spec=codec_spec, codec=codec)
   write_json(out_dir / REPORT_FILE, report)
   return _json_safe(report)
 

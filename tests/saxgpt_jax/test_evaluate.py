@@ -188,10 +188,18 @@ def test_clear_errors(workdir, tmp_path):
     evaluate.evaluate(str(workdir), 'dev', progress=False)
   with pytest.raises(evaluate.EvaluationError, match='num_examples'):
     evaluate.evaluate(str(workdir), 'test', num_examples=-1, progress=False)
-  never = lambda *_: pytest.fail('the teacher-forced pass ran before --kl_smoothing was checked')
+  never = lambda *_: pytest.fail('the teacher-forced pass ran before the settings were checked')
   for smoothing in (0, -1):
     with pytest.raises(evaluate.EvaluationError, match='--kl_smoothing must be > 0'):
       evaluate.evaluate(str(workdir), 'test', kl_smoothing=smoothing, iterator_factory=never, progress=False)
+  # A codec named on the command line must work (one from the checkpoint config only skips the spectrograms).
+  missing = tmp_path / 'no_codec'
+  with pytest.raises(evaluate.EvaluationError, match=f"--codec={missing}: .*Cannot load EnCodec weights '{missing}'"):
+    evaluate.evaluate(str(workdir), 'test', codec_spec=str(missing), iterator_factory=never, progress=False)
+  (tmp_path / 'report.txt').write_text('x')
+  with pytest.raises(evaluate.EvaluationError, match='report.txt is a file; pass a folder'):
+    evaluate.evaluate(str(workdir), 'test', output=str(tmp_path / 'report.txt'), iterator_factory=never,
+                      progress=False)
 
 
 def test_cli_help_missing_checkpoint_and_no_torch(tmp_path):
