@@ -48,8 +48,16 @@ run_bg() {
   fi
 }
 
-# flag_value --name=value: prints value; dies if the flag has no `=value`.
+# flag_value --name=value: prints value.
 flag_value() {
-  [[ $1 == *=* ]] || die "$1 needs a value: write ${1}=VALUE"
   echo "${1#*=}"
+}
+
+# unknown_argument ARG HINT: dies naming ARG; a known flag given without `=VALUE` (its `--flag=` is in the
+# script's usage text) is told to take one.
+unknown_argument() {
+  if [[ $1 =~ ^--[a-z_]+$ ]] && usage | grep -q -e "$1="; then
+    die "$1 needs a value: write $1=VALUE (see --help)"
+  fi
+  die "unknown argument '$1' ($2)"
 }

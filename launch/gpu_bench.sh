@@ -53,7 +53,7 @@ while (($#)); do
     --only=*) ONLY=$(flag_value "$1") ;;
     --python=*) PYTHON=$(flag_value "$1") ;;
     --wheels=*) WHEELS=$(flag_value "$1") ;;
-    *) die "unknown argument '$1' (flags are --flag=value; see --help)" ;;
+    *) unknown_argument "$1" 'flags are --flag=value; see --help' ;;
   esac
   shift
 done

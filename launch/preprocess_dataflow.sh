@@ -80,7 +80,7 @@ while (($#)); do
     --stage=*) STAGE=$(flag_value "$1") ;;
     --python=*) PYTHON=$(flag_value "$1") ;;
     --) shift; PREPROCESS_ARGS=("$@"); break ;;
-    *) die "unknown argument '$1' (flags are --flag=value; see --help; arguments for python -m preprocessing go after --)" ;;
+    *) unknown_argument "$1" 'flags are --flag=value; see --help; arguments for python -m preprocessing go after --' ;;
   esac
   shift
 done

@@ -100,7 +100,7 @@ while (($#)); do
     create | setup | train | babysit | stop | delete | all)
       [[ -z $COMMAND ]] || die "two commands given ($COMMAND and $1); run one at a time"
       COMMAND=$1 ;;
-    *) die "unknown argument '$1' (flags are --flag=value; see --help; arguments for saxgpt_jax.train go after --)" ;;
+    *) unknown_argument "$1" 'flags are --flag=value; see --help; arguments for saxgpt_jax.train go after --' ;;
   esac
   shift
 done

@@ -157,7 +157,7 @@ def test_tpu_delete_and_stop(stubs):
     (('train', 'delete'), 'two commands'),
     (('train', '--dry_run', '--workdir=gs://b', '--accelerator_type=tpu9-8'), '--num_workers'),
     (('create', '--name=Bad_Name'), '--name=Bad_Name'),
-    (('create', '--zone', 'us-east1-d'), "unknown argument '--zone' (flags are --flag=value"),
+    (('create', '--zone', 'us-east1-d'), '--zone needs a value: write --zone=VALUE (see --help)'),
 ])
 def test_tpu_errors(stubs, args, message):
   proc = _run(stubs, 'tpu_pod.sh', *args)
@@ -321,6 +321,7 @@ def test_gpu_bench_dry_run_runs_the_benchmarks_of_benchmarks_md(stubs, tmp_path)
     (['--only='], '--only is empty'),
     (['--wheels=/nonexistent'], 'holds no .whl files'),
     (['--steps=3'], "unknown argument '--steps=3'"),
+    (['--out'], '--out needs a value: write --out=VALUE'),
 ])
 def test_gpu_bench_errors(stubs, args, message):
   proc = _run(stubs, 'gpu_bench.sh', '--dry_run', *args)
