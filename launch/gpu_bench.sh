@@ -126,5 +126,9 @@ if [[ $DRY_RUN != 1 ]]; then
     echo "error: ${FAILED[*]} failed; JSON lines of the rest in $OUT/bench.jsonl" >&2
     exit 1
   fi
-  echo "done: JSON lines in $OUT/bench.jsonl, tables in $OUT/*.txt, logs in $OUT/*.log" >&2
+  if [[ -f $OUT/bench.jsonl ]]; then
+    echo "done: JSON lines in $OUT/bench.jsonl, tables in $OUT/*.txt, logs in $OUT/*.log" >&2
+  else
+    echo "done: logs in $OUT/*.log" >&2
+  fi
 fi
