@@ -72,6 +72,10 @@ fi
 cd "$REPO_ROOT"
 export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the repository's code, installed or not
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$OUT/jax_cache}
+if [[ $DRY_RUN == 1 ]]; then  # so that the printed commands run by hand as they would here
+  echo "cd $(quote_cmd "$REPO_ROOT")"
+  echo "export PYTHONPATH=$(quote_cmd "$PYTHONPATH") JAX_COMPILATION_CACHE_DIR=$(quote_cmd "$JAX_COMPILATION_CACHE_DIR")"
+fi
 
 if ((QUICK)); then
   TRAIN=(--config=configs/tiny.py --batch=2 --frames=16 --steps=2 --warmup=1)

@@ -301,7 +301,13 @@ def test_gpu_bench_dry_run_runs_the_benchmarks_of_benchmarks_md(stubs, tmp_path)
   proc = _run(stubs, 'gpu_bench.sh', '--dry_run', '--out=runs/h100', '--python=fakepython', f'--wheels={wheels}',
               '--only=decode,train,flash')
   assert proc.returncode == 0, proc.stderr
-  commands = _commands(proc.stdout)
+  environment, commands = _commands(proc.stdout)[:2], _commands(proc.stdout)[2:]
+  # What the script sets up before its commands, printed so that they run by hand as they would in it.
+  cache = os.environ.get('JAX_COMPILATION_CACHE_DIR') or 'runs/h100/jax_cache'  # the caller's, if set
+  assert environment[0] == ['cd', str(REPO_ROOT)]
+  assert environment[1][0] == 'export' and environment[1][1].startswith(f'PYTHONPATH={REPO_ROOT}')
+  assert environment[1][2] == f'JAX_COMPILATION_CACHE_DIR={cache}'
+
   assert commands[0] == ['mkdir', '-p', 'runs/h100']
   assert commands[1][:6] == ['fakepython', '-m', 'pip', 'install', '--quiet', '--no-deps']
   assert commands[1][-1].endswith('ml_collections-1.1.0-py3-none-any.whl')
