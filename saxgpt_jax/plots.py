@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from matplotlib import mlab
 from matplotlib import ticker
@@ -36,8 +37,17 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
   return path
 
 
+CODEBOOK_MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X', '*')  # codebooks whose lines coincide stay visible
+
+
 def _color(k: int) -> str:
   return CODEBOOK_COLORS[k % len(CODEBOOK_COLORS)]
+
+
+def _marker(k: int) -> dict[str, Any]:
+  """Line style of codebook k's validation points: its own marker, hollow, larger for lower k."""
+  return {'marker': CODEBOOK_MARKERS[k % len(CODEBOOK_MARKERS)], 'markersize': 7 - 1.2 * min(k, 3),
+          'markerfacecolor': 'none', 'color': _color(k)}
 
 
 def _series(records: Mapping[int, Mapping], name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -71,10 +81,10 @@ def training_curves(train: Mapping[int, Mapping], validation: Mapping[int, Mappi
       ax_acc.plot(steps, values, '--', color=_color(k), alpha=0.6, label=f'train k{k}')
     steps, values = _series(validation, f'accuracy_k{k}')
     if len(steps):
-      ax_acc.plot(steps, values, 'o-', color=_color(k), markersize=3, label=f'validation k{k}')
+      ax_acc.plot(steps, values, '-', label=f'validation k{k}', **_marker(k))
     steps, values = _series(validation, f'perplexity_k{k}')
     if len(steps):
-      ax_ppl.plot(steps, values, 'o-', color=_color(k), markersize=3, label=f'codebook {k}')
+      ax_ppl.plot(steps, values, '-', label=f'codebook {k}', **_marker(k))
   ax_acc.set(title='Next-token accuracy per codebook', xlabel='step', ylabel='accuracy')
   ax_ppl.set(title='Validation perplexity per codebook', xlabel='step', ylabel='perplexity (log scale)')
   if ax_ppl.lines:
