@@ -1,4 +1,5 @@
-"""Flag parsing for the commands that take `--config=FILE` (train, bench, preprocessing).
+"""Command-line plumbing shared by the commands: flag parsing for those that take `--config=FILE` (train,
+bench, preprocessing), and how a Ctrl-C ends them.
 
 `app.run(main, flags_parser=cli.parse_flags)`: a missing config file or a mistyped override such as
 `--config.trian.num_steps=5` then stops with one `error:` line (exit 2) instead of a traceback from inside
@@ -7,6 +8,8 @@ ml_collections.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 from absl import flags
@@ -36,3 +39,16 @@ def _fail(error: BaseException, hint: str) -> None:
   message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
   sys.stderr.write(f'error: --config: {message}\n({hint})\n')
   sys.exit(2)
+
+
+@contextlib.contextmanager
+def exit_on_ctrl_c(kept: str):
+  """Around a command's work: Ctrl-C (KeyboardInterrupt) prints `interrupted: <kept>` and ends the process
+  at once with status 130, instead of a traceback and Python's shutdown, during which XLA threads stopped
+  mid-compile can crash it (a segmentation fault after the traceback). `kept`: what the user still has."""
+  try:
+    yield
+  except KeyboardInterrupt:
+    sys.stdout.flush()
+    print(f'\ninterrupted: {kept}', file=sys.stderr, flush=True)
+    os._exit(130)  # pylint: disable=protected-access

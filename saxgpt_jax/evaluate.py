@@ -46,6 +46,7 @@ from absl import app, flags, logging
 from flax import nnx
 from tqdm import tqdm
 
+from configs import cli
 from saxgpt_jax import checkpoint as ckpt_lib
 from saxgpt_jax import decode, losses, metrics_log, plots
 from saxgpt_jax.delay import PADDING_IDX, undo_delay
@@ -467,9 +468,10 @@ def main(argv):
   if not opts['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax/tfds INFO chatter drowns the progress bars
   try:
-    report = evaluate(opts.checkpoint, opts.split, output=opts.output, max_batches=opts.max_batches,
-                      num_examples=opts.num_examples, codec_spec=opts.codec, data_dir=opts.data_dir,
-                      best=opts.best, batch_size=opts.batch_size, seed=opts.seed, kl_smoothing=opts.kl_smoothing)
+    with cli.exit_on_ctrl_c('nothing was written; rerun the command to evaluate.'):
+      report = evaluate(opts.checkpoint, opts.split, output=opts.output, max_batches=opts.max_batches,
+                        num_examples=opts.num_examples, codec_spec=opts.codec, data_dir=opts.data_dir,
+                        best=opts.best, batch_size=opts.batch_size, seed=opts.seed, kl_smoothing=opts.kl_smoothing)
   except (ckpt_lib.CheckpointError, EvaluationError, FileNotFoundError, ValueError) as e:
     sys.exit(f'error: {e}')
   print('\n'.join(summary_lines(report)))

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
+from configs import cli
 from saxgpt_jax import checkpoint as ckpt_lib
 from saxgpt_jax import decode
 from saxgpt_jax.delay import delayed_window, undo_delay
@@ -357,9 +358,11 @@ def main(argv):
   except (ckpt_lib.CheckpointError, ValueError) as e:  # no checkpoint config, or a bad sampling flag
     sys.exit(f'error: {e}')
   try:
-    summary = run(checkpoint=f.checkpoint, backing=f.backing, output=f.output, sampling=sampling, seed=f.seed,
-                  num_samples=f.num_samples, max_frames=f.max_frames, max_seconds=f.max_seconds,
-                  window_stride=f.window_stride, codec_spec=f.codec, best=f.best)
+    with cli.exit_on_ctrl_c(f'the solos finished so far are in {f.output} (summary.json lists them); rerun the '
+                            'same command to generate the rest.'):
+      summary = run(checkpoint=f.checkpoint, backing=f.backing, output=f.output, sampling=sampling, seed=f.seed,
+                    num_samples=f.num_samples, max_frames=f.max_frames, max_seconds=f.max_seconds,
+                    window_stride=f.window_stride, codec_spec=f.codec, best=f.best)
   except ckpt_lib.CheckpointError as e:  # parameters that do not fit, or none saved
     sys.exit(f'error: {e}')
   for entry in summary['outputs']:

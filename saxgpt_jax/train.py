@@ -486,7 +486,10 @@ def main(argv):
   if jax.process_index() != 0:
     logging.set_verbosity(logging.ERROR)
   try:
-    train_and_evaluate(args.config, args.workdir)
+    # Inside the loop a first Ctrl-C saves a checkpoint and stops; this covers the rest (start-up, compile,
+    # the final test, a second Ctrl-C).
+    with cli.exit_on_ctrl_c(f'rerun the same command to resume from the last checkpoint in {args.workdir}.'):
+      train_and_evaluate(args.config, args.workdir)
   except checkpoint.CheckpointError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     # Nothing is pending (the manager is closed), but array reads a failed restore abandoned can still be

@@ -1,5 +1,6 @@
 """`--config` mistakes (a missing file, a mistyped or ill-typed override) are one error line, not a traceback."""
 
+import signal
 import subprocess
 import sys
 
@@ -22,3 +23,14 @@ def test_config_mistakes_are_one_error(command, flag, words):
   result = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-3000:]
   assert 'error: --config: ' in result.stderr and words in result.stderr, result.stderr[-3000:]
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_status_130():
+  code = ('import os, signal, time\nfrom configs import cli\nwith cli.exit_on_ctrl_c("the solos so far are kept."):\n'
+          '  os.kill(os.getpid(), signal.SIGINT)\n  time.sleep(30)\nprint("not reached")')
+  # SIGINT at its default on entry (a background job of a script starts with it ignored), so Python raises
+  # KeyboardInterrupt on it as it does under a terminal.
+  done = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+  assert done.returncode == 130 and 'not reached' not in done.stdout, (done.stdout, done.stderr)
+  assert done.stderr.strip() == 'interrupted: the solos so far are kept.', done.stderr
