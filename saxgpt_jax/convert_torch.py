@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from configs import cli
 from saxgpt_jax import model as model_lib
 
 
@@ -239,7 +240,8 @@ def main(argv):
     sys.exit(f'error: unexpected arguments {argv[1:]}; use --flag=value (see --help).')
   logging.set_verbosity(logging.WARNING)  # orbax's INFO lines would bury the one-line result
   try:
-    convert(_CHECKPOINT.value, _OUTPUT.value, overwrite=_OVERWRITE.value)
+    with cli.exit_on_ctrl_c(f'{_OUTPUT.value} was not changed (the new checkpoint is written beside it first).'):
+      convert(_CHECKPOINT.value, _OUTPUT.value, overwrite=_OVERWRITE.value)
   except (FileNotFoundError, FileExistsError, CheckpointFormatError, ImportError) as e:
     sys.exit(f'error: {e}')
 

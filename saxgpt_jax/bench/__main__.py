@@ -150,7 +150,8 @@ def main(argv: list[str]) -> None:
     sys.exit(f'error: usage: python -m saxgpt_jax.bench {{{",".join(COMMANDS)}}} --config=... [flags] '
              f'(got {argv[1:]}; see --help)')
   try:
-    result = run_command(argv[1])
+    with cli.exit_on_ctrl_c('no figures were written.'):
+      result = run_command(argv[1])
   except ConfigError as e:
     sys.exit(f'error: {e}\n(bench train sets data.seq_len from --frames and train.global_batch_size from --batch)')
   except (ValueError, FileNotFoundError) as e:
