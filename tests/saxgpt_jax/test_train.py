@@ -350,20 +350,30 @@ def free_port():
 
 @pytest.mark.slow
 def test_two_processes_over_gloo_equal_one_process(data_dir, reference, compile_cache, tmp_path):
-  workdir, port = tmp_path / 'run', free_port()
-  processes = []
-  for process_id in range(2):
-    args = command(data_dir, workdir) + [
-        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={process_id}']
-    log_path = tmp_path / f'process{process_id}.log'
-    processes.append((start(args, environment(compile_cache), log_path), log_path))
-  outputs = []
-  for process, log_path in processes:
-    code, output = finish(process, log_path)
-    assert code == 0, output[-3000:]
-    outputs.append(output)
+  workdir = tmp_path / 'run'
+
+  def run_both(name):
+    port, processes, outputs = free_port(), [], []
+    for process_id in range(2):
+      args = command(data_dir, workdir) + [
+          f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={process_id}']
+      log_path = tmp_path / f'{name}{process_id}.log'
+      processes.append((start(args, environment(compile_cache), log_path), log_path))
+    for process, log_path in processes:
+      code, output = finish(process, log_path)
+      assert code == 0, output[-3000:]
+      outputs.append(output)
+    return outputs
+
+  outputs = run_both('process')
   assert "processes 2, devices 2" in outputs[0] and "mesh {'data': 2" in outputs[0], outputs[0][-3000:]
   assert 'parameters' not in outputs[1]  # only process 0 reports
   assert_losses_close(train_losses(workdir), reference[0], rtol=1e-5)
   ref_test = metrics_log.read_metrics(reference[1], 'test')[NUM_STEPS]['loss']
   np.testing.assert_allclose(metrics_log.read_metrics(workdir, 'test')[NUM_STEPS]['loss'], ref_test, rtol=1e-5)
+  # Run again: both processes agree (process 0's answer) that the run is finished, and nothing is tested or
+  # written again.
+  records = (workdir / 'metrics.jsonl').read_text()
+  outputs = run_both('again')
+  assert f'finished at step {NUM_STEPS}' in outputs[0] and 'finished at step' not in outputs[1], outputs
+  assert (workdir / 'metrics.jsonl').read_text() == records
