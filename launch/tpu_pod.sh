@@ -202,9 +202,13 @@ setup() {
   local fetch
   if [[ -n $REPO_URL ]]; then
     # Fetch the ref itself and check out what was fetched: on a host set up before, a plain fetch would
-    # not move its local branch (nor HEAD), and the old code would run again.
+    # not move its local branch (nor HEAD), and the old code would run again. A short commit id cannot be
+    # fetched by name: then fetch everything and check it out.
+    local ref
+    ref=$(quote_cmd "$REF")
     fetch="if [ ! -d $REMOTE_DIR/.git ]; then git clone --quiet $(quote_cmd "$REPO_URL") $REMOTE_DIR; fi && \
-git -C $REMOTE_DIR fetch --quiet origin $(quote_cmd "$REF") && git -C $REMOTE_DIR checkout --quiet --force FETCH_HEAD"
+{ { git -C $REMOTE_DIR fetch --quiet origin $ref && git -C $REMOTE_DIR checkout --quiet --force FETCH_HEAD; } || \
+{ git -C $REMOTE_DIR fetch --quiet origin && git -C $REMOTE_DIR checkout --quiet --force $ref; }; }"
   else
     run git archive --format=tar.gz "--output=$ARCHIVE" "$REF"
     gcloud_tpu tpu-vm scp "$ARCHIVE" "$NAME:$ARCHIVE" --worker=all

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from preprocessing import manifest
 
@@ -272,14 +273,14 @@ def _current_build(tokens_dir, data_dir, split_fractions, split_seed) -> dict[st
   settings, else None (none there, an older build without a fingerprint, or anything changed)."""
   try:
     built = tfds.builder_from_directory(_latest_version_dir(data_dir))
-  except FileNotFoundError:
+    if built.version != SaxgptTokens.VERSION:
+      return None
+    wanted = source_fingerprint(tokens_dir, manifest.read_manifest(tokens_dir), split_fractions, split_seed)
+    if built.info.metadata.get('source_fingerprint') != wanted:
+      return None
+    return {name: int(info.num_examples) for name, info in built.info.splits.items()}
+  except Exception:  # pylint: disable=broad-except  # missing, damaged or unreadable: rebuild it
     return None
-  if built.version != SaxgptTokens.VERSION:
-    return None
-  wanted = source_fingerprint(tokens_dir, manifest.read_manifest(tokens_dir), split_fractions, split_seed)
-  if built.info.metadata.get('source_fingerprint') != wanted:
-    return None
-  return {name: int(info.num_examples) for name, info in built.info.splits.items()}
 
 
 def split_recordings(data_dir: str | os.PathLike) -> dict[str, list[str]]:
@@ -288,8 +289,8 @@ def split_recordings(data_dir: str | os.PathLike) -> dict[str, list[str]]:
   return dict(builder.info.metadata['recordings'])
 
 
-def _latest_version_dir(data_dir: str | os.PathLike) -> Path:
-  root = Path(data_dir) / NAME
+def _latest_version_dir(data_dir: str | os.PathLike) -> epath.Path:
+  root = epath.Path(data_dir) / NAME  # epath: gs:// stays gs://
   versions = sorted((p for p in root.glob('*') if tfds.core.Version.is_valid(p.name)
                      and (p / 'dataset_info.json').exists()), key=lambda p: tfds.core.Version(p.name))
   if not versions:

@@ -21,8 +21,9 @@ What it measures (all in OUTPUT/report.json, written atomically; OUTPUT defaults
                    do not make the KL infinite. Identical histograms give exactly 0.
 Plots (PNG in OUTPUT): training_curves.png (from metrics.jsonl when --checkpoint is a training workdir or its
 checkpoints/ folder), token_heatmaps.png, agreement_by_frame.png, and spectrograms.png of the first window's
-backing, reference solo and sampled solo decoded with --codec (needs the `preprocess` extra; without it, or
-with --codec=none, spectrograms are skipped and the report says why).
+backing, reference solo and sampled solo decoded with --codec (needs the `preprocess` extra). A --codec given
+on the command line that cannot be loaded stops the run before the passes; the checkpoint config's codec, or
+--codec=none, only skips the spectrograms, and the report says why.
 """
 
 from __future__ import annotations
@@ -385,7 +386,7 @@ def evaluate(checkpoint: str, split: str, *, output: str | None = None, max_batc
   if out_dir.exists() and not out_dir.is_dir():
     raise EvaluationError(f'--output={out_dir} is a file; pass a folder for report.json and the plots.')
   codec = None  # loaded at plot time; a codec named on the command line is checked before the long passes
-  if codec_spec is not None and codec_spec != NO_CODEC and num_examples > 0:
+  if codec_spec and codec_spec != NO_CODEC and num_examples > 0:
     codec, why = _load_codec(codec_spec)
     if codec is None:
       raise EvaluationError(f'--codec={codec_spec}: {why}')
@@ -468,7 +469,7 @@ def main(argv):
   if not opts['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax/tfds INFO chatter drowns the progress bars
   try:
-    with cli.exit_on_ctrl_c('nothing was written; rerun the command to evaluate.'):
+    with cli.exit_on_ctrl_c('report.json was not written; rerun the command to evaluate.'):
       report = evaluate(opts.checkpoint, opts.split, output=opts.output, max_batches=opts.max_batches,
                         num_examples=opts.num_examples, codec_spec=opts.codec, data_dir=opts.data_dir,
                         best=opts.best, batch_size=opts.batch_size, seed=opts.seed, kl_smoothing=opts.kl_smoothing)

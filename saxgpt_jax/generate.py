@@ -358,8 +358,9 @@ def main(argv):
   except (ckpt_lib.CheckpointError, ValueError) as e:  # no checkpoint config, or a bad sampling flag
     sys.exit(f'error: {e}')
   try:
-    with cli.exit_on_ctrl_c(f'the solos finished so far are in {f.output} (summary.json lists them); rerun the '
-                            'same command to generate the rest.'):
+    with cli.exit_on_ctrl_c(f'no solo was written to {f.output}; rerun the command.' if f.output.endswith('.npy')
+                            else f'the solos finished so far are in {f.output} (summary.json lists them); rerun '
+                            'the same command to generate the rest.'):
       summary = run(checkpoint=f.checkpoint, backing=f.backing, output=f.output, sampling=sampling, seed=f.seed,
                     num_samples=f.num_samples, max_frames=f.max_frames, max_seconds=f.max_seconds,
                     window_stride=f.window_stride, codec_spec=f.codec, best=f.best)

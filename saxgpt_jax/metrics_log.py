@@ -80,14 +80,21 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str | os.PathLike, split: str | None = None) -> dict[int, dict]:
-  """step -> the last record of that step (optionally of one split) from `WORKDIR/metrics.jsonl`."""
+  """step -> the last record of that step (optionally of one split) from `WORKDIR/metrics.jsonl`. A last
+  line cut short (a run killed mid-write) is ignored."""
   records: dict[int, dict] = {}
   path = epath.Path(workdir) / METRICS_FILE
   if not path.exists():
     return records
-  for line in path.read_text(encoding='utf-8').splitlines():
+  lines = path.read_text(encoding='utf-8').splitlines()
+  for number, line in enumerate(lines):
     if line.strip():
-      record = json.loads(line)
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        if number == len(lines) - 1:  # a line cut short by a killed run: the rerun writes it again
+          break
+        raise
       if split is None or record['split'] == split:
         records[record['step']] = record
   return records

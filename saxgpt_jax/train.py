@@ -354,7 +354,7 @@ def _train_loop(config, workdir, ckpt_dir, mngr, devices, iterator_factory, mesh
         print(f'workdir {workdir}: finished at step {latest} (train.num_steps={train_cfg.num_steps}); test: '
               f'loss {finished["test_loss"]:.4f} accuracy {finished["test_accuracy"]:.4f} perplexity '
               f'{finished["test_perplexity"]:.2f} (from {metrics_log.METRICS_FILE}). Raise train.num_steps to train '
-              'on.', flush=True)
+              'on; evaluate it on other data with python -m saxgpt_jax.evaluate.', flush=True)
       return finished
     abstract = trainer.abstract_sharded_state()
     checkpoint.check_param_shapes(mngr, latest, abstract.params)
@@ -442,6 +442,7 @@ def _train_loop(config, workdir, ckpt_dir, mngr, devices, iterator_factory, mesh
       window.start = time.perf_counter() if (is_eval or is_save) else window.start
     if pending is not None:
       window.add(*pending)
+    preemption.close()  # from here a Ctrl-C stops the test (the rerun tests again), it saves nothing
     batches = iterator_factory(config, TEST_SPLIT, shuffle=False, num_epochs=1, **shard)
     test = evaluate(trainer, state.params, batches)  # the whole test split
     writer.write(step, TEST_SPLIT, test)

@@ -137,6 +137,8 @@ def test_tpu_babysit_queued_spot_from_git(stubs):
   assert 'git clone --quiet https://example.com/saxgpt-jax.git saxgpt-jax' in setup
   # A host set up before fetches the ref itself and checks out what came (a plain fetch moves nothing).
   assert 'git -C saxgpt-jax fetch --quiet origin v1.2 && git -C saxgpt-jax checkout --quiet --force FETCH_HEAD' in setup
+  # A short commit id cannot be fetched by name: then everything is fetched and it is checked out.
+  assert '|| { git -C saxgpt-jax fetch --quiet origin && git -C saxgpt-jax checkout --quiet --force v1.2; }' in setup
   assert [_option(c, '--worker') for c in ssh[1:]] == ['0', '1', '2', '3']
   assert 'every 30s' in proc.stdout
 

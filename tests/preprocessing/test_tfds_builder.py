@@ -189,3 +189,5 @@ def test_a_build_from_the_same_clips_is_kept_and_any_change_rebuilds(tmp_path):
     change()
     assert info.stat().st_mtime_ns != before
   assert build((1, 0, 0)) == {'train': 3}
+  (info.parent / 'features.json').unlink()  # a damaged build is rebuilt, not an error
+  assert build((1, 0, 0)) == {'train': 3} and (info.parent / 'features.json').exists()

@@ -220,3 +220,13 @@ def test_importable_next_to_generate():
   """evaluate defines its absl flags only when run as a program, so both modules import in one process."""
   importlib.import_module('saxgpt_jax.generate')
   importlib.reload(evaluate)
+
+
+def test_read_metrics_ignores_a_last_line_cut_short_and_nothing_else(tmp_path):
+  good = [{'step': 1, 'split': 'train', 'time': 0.0, 'loss': 2.0}, {'step': 2, 'split': 'train', 'time': 0.0, 'loss': 1.5}]
+  text = ''.join(json.dumps(r) + '\n' for r in good)
+  (tmp_path / metrics_log.METRICS_FILE).write_text(text + '{"step": 3, "split": "tr')  # a killed run's last write
+  assert sorted(metrics_log.read_metrics(tmp_path, 'train')) == [1, 2]
+  (tmp_path / metrics_log.METRICS_FILE).write_text('{"step": 3, "spl\n' + text)  # damage earlier in the file
+  with pytest.raises(json.JSONDecodeError):
+    metrics_log.read_metrics(tmp_path)
