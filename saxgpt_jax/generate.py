@@ -224,6 +224,11 @@ def _write_summary(out_dir: Path, summary: dict) -> None:
   os.replace(tmp, out_dir / 'summary.json')
 
 
+def writes_token_file(output: str) -> bool:
+  """Whether --output names one token file (FILE.npy) rather than a folder of solos and summary.json."""
+  return output.endswith('.npy')
+
+
 def run(*, checkpoint: str, backing: str, output: str, sampling: decode.SamplingParams, seed: int,
         num_samples: int, max_frames: int | None, max_seconds: float | None, window_stride: int | None,
         codec_spec: str | None, best: bool = False, progress: bool = True) -> dict:
@@ -236,7 +241,7 @@ def run(*, checkpoint: str, backing: str, output: str, sampling: decode.Sampling
   if num_samples < 1:
     raise SystemExit(f'--num_samples must be >= 1, got {num_samples}.')
   inputs = _inputs(backing)
-  token_file = output.endswith('.npy')
+  token_file = writes_token_file(output)
   if token_file and (len(inputs) != 1 or inputs[0].suffix != '.npy'):
     raise SystemExit('--output=FILE.npy needs exactly one .npy backing; pass a folder as --output for audio.')
   out_dir = Path(output).parent if token_file else Path(output)
@@ -358,7 +363,7 @@ def main(argv):
   except (ckpt_lib.CheckpointError, ValueError) as e:  # no checkpoint config, or a bad sampling flag
     sys.exit(f'error: {e}')
   try:
-    with cli.exit_on_ctrl_c(f'no solo was written to {f.output}; rerun the command.' if f.output.endswith('.npy')
+    with cli.exit_on_ctrl_c(f'no solo was written to {f.output}; rerun the command.' if writes_token_file(f.output)
                             else f'the solos finished so far are in {f.output} (summary.json lists them); rerun '
                             'the same command to generate the rest.'):
       summary = run(checkpoint=f.checkpoint, backing=f.backing, output=f.output, sampling=sampling, seed=f.seed,
