@@ -38,10 +38,9 @@ _BEAM = flags.DEFINE_string(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}', exitcode=2)
+  cli.no_arguments(argv)
   if _CONFIG.value is None:
-    raise app.UsageError('Give --config=configs/data/<source>.py (youtube, local, filosax or synth).', exitcode=2)
+    cli.usage_error('give --config=configs/data/<source>.py (youtube, local, filosax or synth).')
   logging.getLogger().setLevel(logging.INFO)
   # Our stages log progress at INFO (workers print theirs themselves, at the harness levels set in
   # pipeline.py); Beam's own loggers, including the job service that would repeat them, only at WARNING.

@@ -16,6 +16,7 @@ import sys
 
 from absl import app, flags
 
+from configs import cli
 from preprocessing import manifest, tfds_builder
 
 _TOKENS_DIR = flags.DEFINE_string('tokens_dir', None, 'Tokens folder (manifest.jsonl + clips/) from preprocessing.',
@@ -32,7 +33,7 @@ _OVERWRITE = flags.DEFINE_boolean('overwrite', False, 'Rebuild even if this vers
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
   logging.basicConfig(level=logging.INFO)
   try:
     counts = tfds_builder.build_dataset(
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

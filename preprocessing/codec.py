@@ -76,6 +76,31 @@ def _hf_offline() -> bool:
   return env.upper() in {'1', 'ON', 'YES', 'TRUE'} or bool(hf_constants.HF_HUB_OFFLINE)
 
 
+def hub_unreachable(timeout_s: float = 5.0) -> str | None:
+  """Why the Hugging Face Hub cannot be reached, or None if its host name resolves (or a proxy is set,
+  which resolves it instead). A DNS lookup of at most `timeout_s`, run before a download so that a machine
+  without network gets its error at once rather than after huggingface_hub's ~30 s of retries."""
+  import concurrent.futures
+  import socket
+  import urllib.parse
+
+  import huggingface_hub.constants as hf_constants
+
+  host = urllib.parse.urlparse(hf_constants.ENDPOINT).hostname
+  if not host or any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy')):
+    return None
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  try:
+    pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout_s)
+  except concurrent.futures.TimeoutError:
+    return f'{host} did not resolve within {timeout_s:g} s (no network?)'
+  except OSError as e:
+    return f'{host} does not resolve ({e.strerror or e}: no network?)'
+  finally:
+    pool.shutdown(wait=False)
+  return None
+
+
 def _calibration_audio(rng: np.random.Generator, num_clips: int, sr: int) -> np.ndarray:
   """Seeded varied audio float32 [num_clips, sr]: each 1 s clip is 5 segments of coloured noise, chirps,
   harmonic tones with vibrato, amplitude-modulated noise or clicks, at random levels (-30..0 dBFS peak)."""
@@ -208,6 +233,9 @@ def _pretrained_model(spec: str) -> transformers.EncodecModel:
   except OSError as cached_error:
     if _hf_offline():
       raise CodecError(_offline_help(spec, 'not in the local Hugging Face cache and HF_HUB_OFFLINE is set')) \
+          from cached_error
+    if unreachable := hub_unreachable():
+      raise CodecError(_offline_help(spec, f'not in the local Hugging Face cache, and {unreachable}')) \
           from cached_error
   try:
     return transformers.EncodecModel.from_pretrained(spec)

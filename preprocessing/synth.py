@@ -619,8 +619,9 @@ def synthesize_dataset(out_dir: str | os.PathLike, *, num_pieces: int = 8, secon
 def main(argv: list[str]) -> None:
   from absl import flags
 
-  if len(argv) > 1:
-    raise SystemExit(f'Unexpected arguments: {argv[1:]}; all options are --flags (see --help).')
+  from configs import cli
+
+  cli.no_arguments(argv)
   f = flags.FLAGS
   dirs = synthesize_dataset(f.out, num_pieces=f.num_pieces, seconds=f.seconds, seed=f.seed, sr=f.sr, progress=True)
   print(f'{len(dirs)} pieces in {f.out} (paired-stems layout: <recording_id>/backing.wav + solo.wav)')
@@ -645,5 +646,7 @@ def _define_flags(flag_values=None) -> None:
 if __name__ == '__main__':
   from absl import app
 
+  from configs import cli
+
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -236,8 +236,7 @@ def convert(checkpoint: str, output: str, *, overwrite: bool = False) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f'error: unexpected arguments {argv[1:]}; use --flag=value (see --help).')
+  cli.no_arguments(argv)
   logging.set_verbosity(logging.WARNING)  # orbax's INFO lines would bury the one-line result
   try:
     with cli.exit_on_ctrl_c(f'{_OUTPUT.value} was not changed (the new checkpoint is written beside it first).'):
@@ -254,4 +253,4 @@ if __name__ == '__main__':
                                 'empty unless --overwrite.', required=True)
   _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing --output folder (only once the new '
                                  'checkpoint is complete: it is written to a hidden sibling folder first).')
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -34,6 +34,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 import configs
+from configs import cli
 
 _CODEC = 'random:0'
 
@@ -137,7 +138,7 @@ def define_flags() -> None:
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
   logging.set_verbosity(logging.WARNING)  # tfds' INFO line when the held-out backing is looked up
   f = flags.FLAGS
   run_demo(Path(f.workdir), num_pieces=f.num_pieces, seconds=f.seconds, steps=f.steps, workers=f.workers,
@@ -147,4 +148,4 @@ def main(argv):
 if __name__ == '__main__':
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

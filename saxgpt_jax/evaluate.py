@@ -461,11 +461,10 @@ def define_flags() -> None:
 
 def main(argv):
   """Entry point for app.run after define_flags()."""
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}; use --flag=value (see --help)')
+  cli.no_arguments(argv)
   opts = flags.FLAGS
   if not opts.checkpoint:
-    raise app.UsageError('--checkpoint is required (see --help).')
+    cli.usage_error('--checkpoint is required, e.g. --checkpoint=runs/demo/train')
   if not opts['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax/tfds INFO chatter drowns the progress bars
   try:
@@ -481,4 +480,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -348,12 +348,14 @@ def define_flags() -> None:
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
   f = flags.FLAGS
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO; progress comes from tqdm and prints
-  for name in ('checkpoint', 'backing', 'output'):
-    if not f[name].value:
-      raise app.UsageError(f'--{name} is required (see --help).')
+  missing = [f'--{name}' for name in ('checkpoint', 'backing', 'output') if not f[name].value]
+  if missing:
+    named = ' and '.join([', '.join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+    cli.usage_error(f'{named} {"is" if len(missing) == 1 else "are"} required, e.g. '
+                    '--checkpoint=runs/demo/train --backing=track.wav --output=solos/')
   try:
     config = ckpt_lib.read_config(f.checkpoint)
     pick = lambda value, default: default if value is None else value
@@ -382,4 +384,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

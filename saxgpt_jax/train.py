@@ -477,8 +477,7 @@ def _drop_unscored_checkpoint_warning(record) -> bool:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments {argv[1:]}; use --flag=value')
+  cli.no_arguments(argv)
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, tfds, jax) drowns the progress bar
   logging.get_absl_logger().addFilter(_drop_unscored_checkpoint_warning)

@@ -46,3 +46,14 @@ def build_token_dataset(root: Path, *, min_frames: int, max_frames: int, num_cli
   manifest.append_records(root / 'tokens', records)
   tfds_builder.build_dataset(root / 'tokens', root / 'tfds', split_fractions=split_fractions)
   return root / 'tfds'
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+  """The Hugging Face Hub at a name that never resolves (RFC 2606 .invalid), offline mode off, no proxy."""
+  import huggingface_hub.constants as hf_constants
+
+  monkeypatch.setattr(hf_constants, 'ENDPOINT', 'https://hub.saxgpt-test.invalid')
+  monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', False)
+  for name in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy'):
+    monkeypatch.delenv(name, raising=False)

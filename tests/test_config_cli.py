@@ -34,3 +34,25 @@ def test_ctrl_c_ends_a_command_with_one_line_and_status_130():
                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
   assert done.returncode == 130 and 'not reached' not in done.stdout, (done.stdout, done.stderr)
   assert done.stderr.strip() == 'interrupted: the solos so far are kept.', done.stderr
+
+
+@pytest.mark.parametrize('command, args, words', [
+    ('saxgpt_jax.generate', [], 'error: --checkpoint, --backing and --output are required'),
+    ('saxgpt_jax.evaluate', ['stray'], "error: unexpected arguments ['stray']"),
+    ('saxgpt_jax.train', ['--config=configs/tiny.py', '--nosuchflag'], "error: Unknown command line flag 'nosuchflag'"),
+    ('preprocessing', [], 'error: give --config=configs/data/<source>.py'),
+])
+def test_usage_mistakes_are_one_error_line_with_status_2(command, args, words):
+  result = subprocess.run([sys.executable, '-m', command, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+  lines = result.stderr.splitlines()  # no help text, no traceback
+  assert result.returncode == 2 and len(lines) == 2 and not result.stdout, result.stderr[-3000:]
+  assert lines[0].startswith(words) and lines[1] == '(run with --help to see every flag)', result.stderr[-3000:]
+
+
+@pytest.mark.parametrize('command, flag', [('saxgpt_jax.generate', '--output'),
+                                           ('preprocessing', '--beam_pipeline_options')])
+def test_help_exits_0_with_the_help_on_stdout(command, flag):
+  result = subprocess.run([sys.executable, '-m', command, '--help'], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0 and flag in result.stdout, (result.stdout[-2000:], result.stderr[-2000:])

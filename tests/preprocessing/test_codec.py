@@ -1,6 +1,7 @@
 """EnCodec wrapper: shapes at 50 Hz, chunking, decode length, non-degenerate random codebooks, load errors."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -121,6 +122,16 @@ def test_offline_without_weights_says_how_to_fetch(monkeypatch, tmp_path):
     codec_lib.Codec.load(str(tmp_path / 'empty'))
   with pytest.raises(codec_lib.CodecError, match='is not a folder'):
     codec_lib.Codec.load(str(tmp_path / 'missing'))
+
+
+def test_without_network_the_error_comes_before_any_download_retries(no_hub, monkeypatch, tmp_path):
+  monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
+  with pytest.raises(codec_lib.CodecError) as e:
+    codec_lib.Codec.load('nonexistent-org/encodec_missing')
+  assert re.search('hub.saxgpt-test.invalid (does not|did not) resolve', str(e.value))  # not 'download failed'
+  assert 'huggingface-cli download nonexistent-org/encodec_missing --local-dir DIR' in str(e.value)
+  monkeypatch.setenv('HTTPS_PROXY', 'http://127.0.0.1:9')  # a proxy resolves names itself: no verdict
+  assert codec_lib.hub_unreachable() is None
 
 
 def test_decode_rejects_bad_codes(codec):

@@ -73,6 +73,12 @@ def test_silence_gives_silent_stems(unittest_separator):
   assert solo.shape == (SR // 2,) and not solo.any() and not rhythm.any()
 
 
+def test_without_network_the_error_comes_before_any_download_retries(no_hub, monkeypatch, tmp_path):
+  monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))
+  with pytest.raises(separate.SeparatorError, match='hub.saxgpt-test.invalid (does not|did not) resolve'):
+    separate.Separator.load('htdemucs_6s')
+
+
 def test_model_without_solo_sources_is_rejected():
   class DrumsAndBass(FakeDemucs):
     sources = ['drums', 'bass']
