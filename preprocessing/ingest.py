@@ -105,9 +105,20 @@ def ffmpeg_exe() -> str:
         f'(it ships a static binary), or set IMAGEIO_FFMPEG_EXE to an ffmpeg on your system.') from e
 
 
+class _YtDlpLog:
+  """yt-dlp's logger: everything at DEBUG of the 'yt_dlp' logger. Its errors come back as the exception
+  that `IngestError` words and the run's failure list records, so printing them too only repeats them."""
+  _log = logging.getLogger('yt_dlp')
+
+  def debug(self, msg: str) -> None:
+    self._log.debug('%s', msg)
+
+  info = warning = error = debug
+
+
 def _ydl_options(socket_timeout_s: float, **extra) -> dict:
-  options = dict(quiet=True, no_warnings=True, noprogress=True, logger=logging.getLogger('yt_dlp'),
-                 socket_timeout=socket_timeout_s, retries=3)
+  options = dict(quiet=True, no_warnings=True, noprogress=True, logger=_YtDlpLog(), socket_timeout=socket_timeout_s,
+                 retries=3)
   return {**options, **extra}
 
 

@@ -2,6 +2,7 @@
 
 import functools
 import http.server
+import logging
 import threading
 from pathlib import Path
 
@@ -79,6 +80,15 @@ def test_yt_dlp_download(http_root, tmp_path):
   assert ingest.download_audio(videos[0], tmp_path / 'dl') == path and path.stat().st_mtime_ns == mtime
   with pytest.raises(ingest.IngestError, match='could not read'):
     ingest.expand_url(f'{http_root}/missing.wav', ('127.0.0.1',), socket_timeout_s=5)
+
+
+def test_yt_dlp_errors_come_once_in_the_exception_not_also_on_stderr(http_root, caplog, capfd):
+  with caplog.at_level(logging.DEBUG, logger='yt_dlp'), pytest.raises(ingest.IngestError, match='404'):
+    ingest.expand_url(f'{http_root}/missing.wav', ('127.0.0.1',), socket_timeout_s=5)
+  assert not capfd.readouterr().err
+  from_yt_dlp = [r for r in caplog.records if r.name == 'yt_dlp']
+  assert any('404' in r.getMessage() for r in from_yt_dlp)  # kept, at DEBUG
+  assert all(r.levelno == logging.DEBUG for r in from_yt_dlp)
 
 
 def _wav(path, seconds=0.1, sr=8000):
