@@ -45,9 +45,6 @@ def main(argv):
   # Our stages log progress at INFO (workers print theirs themselves, at the harness levels set in
   # pipeline.py); Beam's own loggers, including the job service that would repeat them, only at WARNING.
   logging.getLogger('apache_beam').setLevel(logging.WARNING)
-  # DirectRunner's worker processes print their log lines on this terminal themselves; the job service would
-  # print each warning and error once more, as one long 'Worker: severity: ...' line.
-  logging.getLogger('apache_beam.runners.portability.local_job_service').setLevel(logging.CRITICAL)
   from preprocessing import ingest, pipeline
 
   try:

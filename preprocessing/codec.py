@@ -78,10 +78,11 @@ def _hf_offline() -> bool:
 
 def hub_unreachable(timeout_s: float = 5.0) -> str | None:
   """Why the Hugging Face Hub cannot be reached, or None if its host name resolves (or a proxy is set,
-  which resolves it instead). A DNS lookup of at most `timeout_s`, run before a download so that a machine
-  without network gets its error at once rather than after huggingface_hub's ~30 s of retries."""
-  import concurrent.futures
+  which resolves it instead). A DNS lookup of at most `timeout_s` (in a daemon thread, which a hung lookup
+  cannot keep alive past exit), run before a download so that a machine without network gets its error at
+  once rather than after huggingface_hub's ~30 s of retries."""
   import socket
+  import threading
   import urllib.parse
 
   import huggingface_hub.constants as hf_constants
@@ -89,15 +90,22 @@ def hub_unreachable(timeout_s: float = 5.0) -> str | None:
   host = urllib.parse.urlparse(hf_constants.ENDPOINT).hostname
   if not host or any(os.environ.get(v) for v in ('HTTPS_PROXY', 'https_proxy', 'ALL_PROXY', 'all_proxy')):
     return None
-  pool = concurrent.futures.ThreadPoolExecutor(1)
-  try:
-    pool.submit(socket.getaddrinfo, host, 443).result(timeout=timeout_s)
-  except concurrent.futures.TimeoutError:
+  outcome: list[OSError | None] = []
+
+  def lookup():
+    try:
+      socket.getaddrinfo(host, 443)
+      outcome.append(None)
+    except OSError as e:
+      outcome.append(e)
+
+  thread = threading.Thread(target=lookup, name='hub-dns-check', daemon=True)
+  thread.start()
+  thread.join(timeout_s)
+  if not outcome:
     return f'{host} did not resolve within {timeout_s:g} s (no network?)'
-  except OSError as e:
-    return f'{host} does not resolve ({e.strerror or e}: no network?)'
-  finally:
-    pool.shutdown(wait=False)
+  if outcome[0] is not None:
+    return f'{host} does not resolve ({outcome[0].strerror or outcome[0]}: no network?)'
   return None
 
 

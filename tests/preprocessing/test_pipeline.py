@@ -3,6 +3,7 @@
 import functools
 import http.server
 import json
+import logging
 import os
 import shutil
 import signal
@@ -140,12 +141,37 @@ def test_outputs_and_summary(clean_run, stems_root):
   assert manifest.recorded_sources(tokens_dir) == {name: str(stems_root.resolve() / name) for name in GOOD}
 
 
-def test_two_workers_same_as_one(clean_run, stems_root, tmp_path):
+def test_two_workers_same_as_one(clean_run, stems_root, tmp_path, capfd, caplog):
   summary = pipeline.run(make_config(stems_root, tmp_path / 'tokens', workers=2))
   assert summary.clips == len(EXPECTED_WINDOWS)
   assert summary.counters['clips_written'] == len(EXPECTED_WINDOWS)  # metrics gathered from both workers
   assert summary.counters['prepare_failed'] == len(BAD) - 1
   assert_same_output(clean_run[0], tmp_path / 'tokens')
+  # Each worker warning is printed once, by the worker; the job service here does not repeat it.
+  printed = capfd.readouterr().err
+  for name, (stage, _) in BAD.items():
+    assert printed.count(f'WARNING:preprocessing.pipeline:{stage} failed for {name}') == 1, printed[-3000:]
+  assert not [r for r in caplog.records if r.name.endswith('local_job_service') and r.levelno >= logging.WARNING]
+
+
+def test_a_worker_process_prints_its_log_lines_itself(monkeypatch):
+  """What a DirectRunner worker does on importing pipeline.py: add a stderr handler once, only when told."""
+  from apache_beam.runners.worker import log_handler
+
+  class FakeFnApiHandler(logging.Handler):  # Beam's handler that sends log lines to the job service
+    def emit(self, record):
+      pass
+
+  monkeypatch.setattr(log_handler, 'FnApiLogRecordHandler', FakeFnApiHandler)
+  root = logging.getLogger()
+  monkeypatch.setattr(root, 'handlers', [FakeFnApiHandler()])
+  pipeline._log_to_stderr_in_worker()  # not told (no environment variable): nothing changes
+  assert [type(h) for h in root.handlers] == [FakeFnApiHandler]
+  monkeypatch.setenv(pipeline._WORKER_STDERR_ENV, '1')
+  pipeline._log_to_stderr_in_worker()
+  pipeline._log_to_stderr_in_worker()
+  assert [type(h) for h in root.handlers] == [FakeFnApiHandler, logging.StreamHandler]
+  assert root.handlers[1].stream is sys.stderr
 
 
 def test_rerun_skips_finished_work(clean_run, stems_root):
