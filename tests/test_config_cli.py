@@ -41,6 +41,7 @@ def test_ctrl_c_ends_a_command_with_one_line_and_status_130():
     ('saxgpt_jax.evaluate', ['stray'], "error: unexpected arguments ['stray']"),
     ('saxgpt_jax.train', ['--config=configs/tiny.py', '--nosuchflag'], "error: Unknown command line flag 'nosuchflag'"),
     ('preprocessing', [], 'error: give --config=configs/data/<source>.py'),
+    ('saxgpt_jax.bench', ['--config=configs/tiny.py'], 'error: give one command: python -m saxgpt_jax.bench'),
 ])
 def test_usage_mistakes_are_one_error_line_with_status_2(command, args, words):
   result = subprocess.run([sys.executable, '-m', command, *args], cwd=REPO_ROOT, capture_output=True, text=True,

@@ -7,8 +7,9 @@
 
 With --reference=torch, train and decode also run the original model in eager PyTorch on the same
 config, batch and length, alternating with JAX (in a process of its own, so the two share no heap), and
-report JAX's speed-up. --json prints one JSON line; --json_file=F appends it to F. A flag or config
-that cannot work, or a missing dataset, stops it with one `error:` line (exit 1).
+report JAX's speed-up. --json prints one JSON line; --json_file=F appends it to F. A missing command, or
+an unknown flag or config key, stops it with one `error:` line (exit 2); settings that cannot work, or a
+missing dataset, too (exit 1).
 Examples:
   python -m saxgpt_jax.bench decode --config=configs/large.py --batch=1,16 --steps=300 --reference=torch
   python -m saxgpt_jax.bench train --config=configs/large.py --batch=2 --frames=1500 --reference=torch
@@ -147,8 +148,8 @@ def main(argv: list[str]) -> None:
   from saxgpt_jax.train import ConfigError  # pylint: disable=g-import-not-at-top
 
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    sys.exit(f'error: usage: python -m saxgpt_jax.bench {{{",".join(COMMANDS)}}} --config=... [flags] '
-             f'(got {argv[1:]}; see --help)')
+    cli.usage_error(f'give one command: python -m saxgpt_jax.bench {{{",".join(COMMANDS)}}} --config=... [flags] '
+                    f'(got {argv[1:]})')
   try:
     with cli.exit_on_ctrl_c('no figures were written.'):
       result = run_command(argv[1])
