@@ -17,11 +17,11 @@ failures.jsonl (item, stage, reason) and the rest go on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
-import contextlib
 import shlex
 import sys
 import time
