@@ -63,6 +63,12 @@ def training_curves(train: Mapping[int, Mapping], validation: Mapping[int, Mappi
   train / validation: {step: metrics record} as `metrics_log.read_metrics` returns them; mark_step: a step
   to mark with a dashed vertical line in every panel (e.g. the evaluated checkpoint).
   """
+  return _save(training_curves_figure(train, validation, num_codebooks, title, mark_step), path)
+
+
+def training_curves_figure(train: Mapping[int, Mapping], validation: Mapping[int, Mapping], num_codebooks: int,
+                           title: str = 'Training curves', mark_step: int | None = None) -> Figure:
+  """The figure `training_curves` saves."""
   fig = _figure(11, 7.5)
   fig.suptitle(title)
   ax_loss, ax_lr, ax_acc, ax_ppl = fig.subplots(2, 2).ravel()
@@ -89,6 +95,13 @@ def training_curves(train: Mapping[int, Mapping], validation: Mapping[int, Mappi
   ax_ppl.set(title='Validation perplexity per codebook', xlabel='step', ylabel='perplexity (log scale)')
   if ax_ppl.lines:
     ax_ppl.set_yscale('log')
+    low, high = ax_ppl.get_ylim()
+    if high < 10 * low:  # within a decade the log locator labels a few round values, maybe none near the lowest
+      locator = ticker.LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0))  # denser, and the axis ends on one
+      ticks = locator.tick_values(low, high)
+      ax_ppl.set_ylim(max([t for t in ticks if t <= low], default=low), min([t for t in ticks if t >= high], default=high))
+      ax_ppl.yaxis.set_major_locator(locator)
+      ax_ppl.yaxis.set_minor_locator(ticker.NullLocator())
     ax_ppl.yaxis.set_major_formatter(ticker.ScalarFormatter())
     ax_ppl.yaxis.set_minor_formatter(ticker.ScalarFormatter())
   for ax in (ax_loss, ax_lr, ax_acc, ax_ppl):
@@ -99,7 +112,7 @@ def training_curves(train: Mapping[int, Mapping], validation: Mapping[int, Mappi
       ax.legend(fontsize=7, ncol=2 if ax is ax_acc else 1)
     if not ax.lines:
       ax.text(0.5, 0.5, 'no records', ha='center', va='center', transform=ax.transAxes, color='gray')
-  return _save(fig, path)
+  return fig
 
 
 def stft_db(wave: np.ndarray, sample_rate: int, n_fft: int = 1024, hop: int = 256,

@@ -170,6 +170,19 @@ def test_spectrogram_of_a_sine_peaks_at_its_frequency(tmp_path):
   assert height > 300 and width > 600 and not list(tmp_path.glob('.*tmp*'))
 
 
+@pytest.mark.parametrize('perplexities', [(160, 230, 480), (3.2, 40.0, 1800.0)])
+def test_the_perplexity_axis_labels_a_value_at_or_below_the_lowest_point(perplexities):
+  validation = {100 * (i + 1): {'perplexity_k0': p, 'perplexity_k1': 1.1 * p} for i, p in enumerate(perplexities)}
+  fig = plots.training_curves_figure({}, validation, num_codebooks=2)
+  fig.canvas.draw()
+  ax = fig.axes[3]
+  low, high = ax.get_ylim()
+  labelled = [t.get_loc() for t in ax.yaxis.get_major_ticks() + ax.yaxis.get_minor_ticks()
+              if t.label1.get_visible() and t.label1.get_text() and low <= t.get_loc() <= high]
+  assert ax.get_yscale() == 'log' and len(labelled) >= 3, labelled
+  assert min(labelled) <= min(perplexities) and max(labelled) >= 1.1 * max(perplexities) / 2, (labelled, low, high)
+
+
 def test_metrics_workdir_finds_metrics_for_workdir_and_checkpoints_dir(workdir, tmp_path):
   assert evaluate.metrics_workdir(workdir) == workdir.resolve()
   assert evaluate.metrics_workdir(workdir / 'checkpoints') == workdir.resolve()
