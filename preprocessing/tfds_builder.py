@@ -146,6 +146,14 @@ class SaxgptTokens(tfds.core.GeneratorBasedBuilder):
       self._codec = codecs.pop()
     super().__init__(**kwargs)
 
+  def _log_download_bytes(self) -> None:
+    """What tfds prints before generating; its own line ('Downloading and preparing dataset Unknown size
+    ...') speaks of a download that a build from local clips does not make."""
+    print(f'building TFDS {self.name} {self.version}: {len(self.records)} clips from {self._tokens_dir}', flush=True)
+
+  def _log_download_done(self) -> None:
+    """tfds' closing line (which names the staging folder of a rebuild); `build_dataset` logs the result."""
+
   @property
   def records(self) -> list[manifest.ClipRecord]:
     """The manifest's clips (generation only: needs tokens_dir)."""

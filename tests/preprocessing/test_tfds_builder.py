@@ -145,6 +145,8 @@ def test_cli_and_no_jax_import(tokens, tmp_path):
       cwd=root, capture_output=True, text=True, check=True)
   counts = json.loads(out.stdout.strip().splitlines()[-1])
   assert sum(counts.values()) == len(tokens[1])
+  assert f'building TFDS saxgpt_tokens 1.0.0: {len(tokens[1])} clips from' in out.stdout  # not 'Downloading ...'
+  assert 'Downloading' not in out.stdout and 'downloaded' not in out.stdout, out.stdout
 
 
 def test_a_failed_rebuild_keeps_the_previous_dataset(tmp_path):
