@@ -68,14 +68,12 @@ _log_to_stderr_in_worker()
 
 
 @contextlib.contextmanager
-def _worker_logs_on_this_terminal(options: PipelineOptions):
-  """Around a DirectRunner run in worker processes (multi_processing): each worker prints its own log
-  lines (`_log_to_stderr_in_worker`, told by an environment variable the workers inherit), and the job
-  service here, which would print every warning once more as one long 'Worker: severity: ...' line, is
-  kept quiet. Other runners and modes are left as Beam sets them up."""
-  local = ((options.view_as(StandardOptions).runner or 'DirectRunner') == 'DirectRunner'
-           and options.view_as(DirectOptions).direct_running_mode == 'multi_processing')
-  if not local:
+def _worker_logs_on_this_terminal(local_workers: bool):
+  """Around a DirectRunner run in worker processes on this machine (`local_workers`: multi_processing):
+  each worker prints its own log lines (`_log_to_stderr_in_worker`, told by an environment variable the
+  workers inherit), and the job service here, which would print every warning once more as one long
+  'Worker: severity: ...' line, is kept quiet. Other runners and modes are left as Beam sets them up."""
+  if not local_workers:
     yield
     return
   relay = logging.getLogger('apache_beam.runners.portability.local_job_service')
@@ -603,7 +601,8 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
     if manifest.remove_temporaries(cfg['output_dir']):
       _LOG.info('removed temporary files of an interrupted run in %s', cfg['output_dir'])
     ingest.remove_partial_downloads(Path(cfg['work_dir']) / 'downloads')
-    with _worker_logs_on_this_terminal(options):
+    with _worker_logs_on_this_terminal(
+        direct is not None and options.view_as(DirectOptions).direct_running_mode == 'multi_processing'):
       result = p.run()
       result.wait_until_finish()
 
