@@ -271,9 +271,14 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
     os.replace(staging / NAME / final.name, final)
     shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
-  counts = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
+  counts = _split_counts(builder)
   log.info('%s %s in %s: %s', NAME, builder.version, final if staging is not None else builder.data_dir, counts)
   return counts
+
+
+def _split_counts(builder: tfds.core.DatasetBuilder) -> dict[str, int]:
+  """{split: number of clips} of a prepared build."""
+  return {name: int(info.num_examples) for name, info in builder.info.splits.items()}
 
 
 def _current_build(tokens_dir, data_dir, split_fractions, split_seed) -> dict[str, int] | None:
@@ -286,7 +291,7 @@ def _current_build(tokens_dir, data_dir, split_fractions, split_seed) -> dict[st
     wanted = source_fingerprint(tokens_dir, manifest.read_manifest(tokens_dir), split_fractions, split_seed)
     if built.info.metadata.get('source_fingerprint') != wanted:
       return None
-    return {name: int(info.num_examples) for name, info in built.info.splits.items()}
+    return _split_counts(built)
   except Exception:  # pylint: disable=broad-except  # missing, damaged or unreadable: rebuild it
     return None
 
