@@ -17,13 +17,11 @@ failures.jsonl (item, stage, reason) and the rest go on.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,7 +31,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from preprocessing import augment, ingest, manifest, select
+from preprocessing import augment, ingest, local_workers, manifest, select
 
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = 'saxgpt'
@@ -42,48 +40,6 @@ _RANDOM_CODEC = 'random:'  # codec.RANDOM_PREFIX (not imported here: the driver 
 # Settings that change what a run writes: a resumed run must use the same ones.
 _OUTPUT_KEYS = ('source.kind', 'audio', 'demucs.name', 'demucs.repo', 'demucs.shifts', 'demucs.overlap',
                 'demucs.segment', 'select', 'augment', 'codec.weights', 'codec.chunk_s', 'codec.context_s')
-
-
-_WORKER_STDERR_ENV = 'SAXGPT_BEAM_WORKERS_LOG_TO_STDERR'  # set by `_worker_logs_on_this_terminal`
-
-
-def _log_to_stderr_in_worker() -> None:
-  """In a DirectRunner worker process of `_worker_logs_on_this_terminal`: a stderr handler on the root logger
-  (unless one is there), so the worker's log lines (our progress at INFO, warnings and errors) are printed.
-  Beam itself only sends them to the job service. Runs when a worker imports this module."""
-  if not os.environ.get(_WORKER_STDERR_ENV):
-    return
-  from apache_beam.runners.worker.log_handler import FnApiLogRecordHandler
-
-  root = logging.getLogger()
-  if not any(isinstance(h, FnApiLogRecordHandler) for h in root.handlers):
-    return  # not a worker process: the driver of a run in its own process
-  if not any(type(h) is logging.StreamHandler and h.stream is sys.stderr for h in root.handlers):
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter('%(levelname)s:%(name)s:%(message)s'))
-    root.addHandler(handler)
-
-
-_log_to_stderr_in_worker()
-
-
-@contextlib.contextmanager
-def _worker_logs_on_this_terminal(local_workers: bool):
-  """Around a DirectRunner run in worker processes on this machine (`local_workers`: multi_processing):
-  each worker prints its own log lines (`_log_to_stderr_in_worker`, told by an environment variable the
-  workers inherit), and the job service here, which would print every warning once more as one long
-  'Worker: severity: ...' line, is kept quiet. Other runners and modes are left as Beam sets them up."""
-  if not local_workers:
-    yield
-    return
-  relay = logging.getLogger('apache_beam.runners.portability.local_job_service')
-  level, os.environ[_WORKER_STDERR_ENV] = relay.level, '1'
-  relay.setLevel(logging.CRITICAL)
-  try:
-    yield
-  finally:
-    relay.setLevel(level)
-    os.environ.pop(_WORKER_STDERR_ENV, None)
 
 
 def _limit_torch_threads(cfg: dict) -> None:
@@ -601,7 +557,7 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
     if manifest.remove_temporaries(cfg['output_dir']):
       _LOG.info('removed temporary files of an interrupted run in %s', cfg['output_dir'])
     ingest.remove_partial_downloads(Path(cfg['work_dir']) / 'downloads')
-    with _worker_logs_on_this_terminal(
+    with local_workers.on_this_terminal(
         direct is not None and options.view_as(DirectOptions).direct_running_mode == 'multi_processing'):
       result = p.run()
       result.wait_until_finish()

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from configs.data import base
-from preprocessing import ingest, manifest, pipeline
+from preprocessing import ingest, local_workers, manifest, pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 SR_IN = 16000  # inputs are resampled to 32 kHz
@@ -142,7 +142,11 @@ def test_outputs_and_summary(clean_run, stems_root):
 
 
 def test_two_workers_same_as_one(clean_run, stems_root, tmp_path, capfd, caplog):
+  hooks = (signal.getsignal(signal.SIGINT), threading.excepthook, [h.filters[:] for h in logging.getLogger().handlers])
   summary = pipeline.run(make_config(stems_root, tmp_path / 'tokens', workers=2))
+  # The Ctrl-C watch of local_workers.on_this_terminal is gone after a run that was not interrupted.
+  assert hooks == (signal.getsignal(signal.SIGINT), threading.excepthook,
+                   [h.filters[:] for h in logging.getLogger().handlers])
   assert summary.clips == len(EXPECTED_WINDOWS)
   assert summary.counters['clips_written'] == len(EXPECTED_WINDOWS)  # metrics gathered from both workers
   assert summary.counters['prepare_failed'] == len(BAD) - 1
@@ -155,7 +159,8 @@ def test_two_workers_same_as_one(clean_run, stems_root, tmp_path, capfd, caplog)
 
 
 def test_a_worker_process_prints_its_log_lines_itself(monkeypatch):
-  """What a DirectRunner worker does on importing pipeline.py: add a stderr handler once, only when told."""
+  """What a DirectRunner worker does on importing pipeline.py (which imports local_workers): add a stderr
+  handler once, only when told."""
   from apache_beam.runners.worker import log_handler
 
   class FakeFnApiHandler(logging.Handler):  # Beam's handler that sends log lines to the job service
@@ -165,13 +170,23 @@ def test_a_worker_process_prints_its_log_lines_itself(monkeypatch):
   monkeypatch.setattr(log_handler, 'FnApiLogRecordHandler', FakeFnApiHandler)
   root = logging.getLogger()
   monkeypatch.setattr(root, 'handlers', [FakeFnApiHandler()])
-  pipeline._log_to_stderr_in_worker()  # not told (no environment variable): nothing changes
+  monkeypatch.setattr(sys, 'excepthook', sys.excepthook)
+  local_workers.in_worker()  # not told (no environment variable): nothing changes
   assert [type(h) for h in root.handlers] == [FakeFnApiHandler]
-  monkeypatch.setenv(pipeline._WORKER_STDERR_ENV, '1')
-  pipeline._log_to_stderr_in_worker()
-  pipeline._log_to_stderr_in_worker()
+  monkeypatch.setenv(local_workers.WORKER_ENV, '1')
+  local_workers.in_worker()
+  local_workers.in_worker()
   assert [type(h) for h in root.handlers] == [FakeFnApiHandler, logging.StreamHandler]
   assert root.handlers[1].stream is sys.stderr
+  # On Ctrl-C, Beam's 'Python sdk harness failed' record with the KeyboardInterrupt is printed by neither.
+  def record(error):
+    try:
+      raise error
+    except BaseException:  # pylint: disable=broad-except
+      return logging.LogRecord('w', logging.CRITICAL, __file__, 1, 'Python sdk harness failed: ', None, sys.exc_info())
+  for handler in root.handlers:
+    assert not handler.filter(record(KeyboardInterrupt())) and handler.filter(record(ValueError('bad')))
+  assert sys.excepthook.quiet_on_interrupt
 
 
 def test_rerun_skips_finished_work(clean_run, stems_root):
@@ -247,6 +262,33 @@ def _cli(stems_root, output_dir, *extra):
           f'--config.source.inputs={stems_root}', f'--config.output_dir={output_dir}', '--config.build_tfds=False',
           '--config.select.frame_s=1.0', '--config.select.stride_s=0.5', '--config.select.min_window_s=2.0',
           '--config.demucs.name=demucs_unittest', '--config.torch_threads=1', *extra]
+
+
+def test_ctrl_c_with_worker_processes_prints_one_line(stems_root, tmp_path):
+  """Ctrl-C (SIGINT to the terminal's process group: driver and workers) once the first clip is written:
+  exit 130 with the line that says what was kept, and no worker's or Beam thread's traceback."""
+  out = tmp_path / 'tokens'
+  args = _cli(stems_root, out, '--config.beam.direct_running_mode=multi_processing', '--config.beam.num_workers=2')
+  # As a shell started from a terminal: SIGINT at its default (a test runner's workers may ignore it).
+  enable_sigint = 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])'
+  proc = subprocess.Popen([sys.executable, '-c', enable_sigint, *args], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list((out / 'clips').glob('*.npz')):
+      time.sleep(0.02)
+    assert proc.poll() is None, 'the run ended before it could be interrupted'
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  assert proc.returncode == 130, stderr[-3000:]
+  assert f'preprocessing interrupted: the clips finished so far are kept in {out}' in stderr
+  for noise in ('Traceback', 'KeyboardInterrupt', 'Aborted', 'harness failed', 'Exception in thread'):
+    assert noise not in stderr + stdout, stderr[-3000:]
+  assert 0 < len(list((out / 'clips').glob('*.npz'))) < len(EXPECTED_WINDOWS)
+  assert not (out / manifest.MANIFEST_NAME).exists()
 
 
 def test_kill_and_resume(clean_run, stems_root, tmp_path):
