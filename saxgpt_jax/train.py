@@ -306,6 +306,18 @@ def _finished_run(workdir, step: int) -> dict[str, float] | None:
   return result
 
 
+def _evaluate_hint(config: ml_collections.ConfigDict, ckpt_dir, workdir) -> str:
+  """How to evaluate a finished run on other data, naming this command's data.data_dir when the run was
+  trained (and tested) on another one, whose test result the finished run reports."""
+  same = lambda a, b: a == b or (not checkpoint.is_remote(a) and not checkpoint.is_remote(b)
+                                 and os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b)))
+  tested_on, asked = str(checkpoint.read_config(ckpt_dir).data.data_dir), str(config.data.data_dir)
+  if same(tested_on, asked):
+    return 'evaluate it on other data with python -m saxgpt_jax.evaluate.'
+  return (f'that test ran on data.data_dir={tested_on}, not on this command\'s {asked}; evaluate it there with '
+          f'python -m saxgpt_jax.evaluate --checkpoint={workdir} --data_dir={asked}')
+
+
 # --- Main entry ------------------------------------------------------------------------------------
 
 
@@ -354,7 +366,7 @@ def _train_loop(config, workdir, ckpt_dir, mngr, devices, iterator_factory, mesh
         print(f'workdir {workdir}: finished at step {latest} (train.num_steps={train_cfg.num_steps}); test: '
               f'loss {finished["test_loss"]:.4f} accuracy {finished["test_accuracy"]:.4f} perplexity '
               f'{finished["test_perplexity"]:.2f} (from {metrics_log.METRICS_FILE}). Raise train.num_steps to train '
-              'on; evaluate it on other data with python -m saxgpt_jax.evaluate.', flush=True)
+              f'on; {_evaluate_hint(config, ckpt_dir, workdir)}', flush=True)
       return finished
     abstract = trainer.abstract_sharded_state()
     checkpoint.check_param_shapes(mngr, latest, abstract.params)

@@ -268,6 +268,24 @@ def test_a_resume_with_another_model_or_a_damaged_checkpoint_is_refused_and_chan
   assert code == 1 and output.startswith(f'error: checkpoint {NUM_STEPS} in ') and output.count('\n') == 1, output
 
 
+def test_a_finished_run_says_when_its_test_result_is_from_other_data(data_dir, reference, tmp_path, capsys):
+  """Rerun with another data.data_dir: the recorded test result is named as the old data's, with the
+  evaluate command for the new; the same folder under another spelling is the same data."""
+  workdir, moved = tmp_path / 'run', tmp_path / 'moved'
+  shutil.copytree(reference[1], workdir)
+  shutil.copytree(data_dir, moved)
+  recorded = metrics_log.read_metrics(workdir, 'test')[NUM_STEPS]
+  for where in (moved, f'{data_dir}/../{data_dir.name}/'):
+    capsys.readouterr()
+    result = train.train_and_evaluate(make_config(where), workdir)
+    assert result['test_loss'] == recorded['loss']
+    printed = capsys.readouterr().out
+    assert f'finished at step {NUM_STEPS}' in printed, printed
+    hint = (f"that test ran on data.data_dir={data_dir}, not on this command's {where}; evaluate it there with "
+            f'python -m saxgpt_jax.evaluate --checkpoint={workdir} --data_dir={where}')
+    assert (hint in printed) == (where == moved), printed
+
+
 @pytest.mark.slow
 def test_mesh_2x2x2_equals_one_device_and_its_checkpoint_resumes_on_one(data_dir, reference, compile_cache, tmp_path):
   args = command(data_dir, tmp_path, **{'mesh.data': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2})
