@@ -119,8 +119,12 @@ beam_options() {
 }
 
 if [[ $DRY_RUN != 1 ]]; then
-  "$PYTHON" -c 'import apache_beam, google.cloud.storage' 2>/dev/null ||
-    die "$PYTHON lacks Beam's GCP extras: pip install 'apache-beam[gcp]==2.77.0'"
+  # The same check as `python -m preprocessing` makes (preprocessing/beam_runners.py), before the wheel.
+  missing=$("$PYTHON" -c 'from apache_beam.options.pipeline_options import PipelineOptions
+from preprocessing import beam_runners
+print(beam_runners.missing_extras(PipelineOptions(["--runner=DataflowRunner"])) or "")' 2>/dev/null) ||
+    die "$PYTHON cannot import Apache Beam and this project: pip install -e '.[preprocess]' 'apache-beam[gcp]'"
+  [[ -z $missing ]] || die "$PYTHON: $missing"
 fi
 run rm -rf "$WHEEL_DIR"
 run "$PYTHON" -m pip wheel --no-deps --quiet "--wheel-dir=$WHEEL_DIR" .

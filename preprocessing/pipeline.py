@@ -29,9 +29,9 @@ from typing import Any, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-from preprocessing import augment, ingest, local_workers, manifest, select
+from preprocessing import augment, beam_runners, ingest, local_workers, manifest, select
 
 _LOG = logging.getLogger(__name__)
 _NAMESPACE = 'saxgpt'
@@ -424,21 +424,6 @@ def pipeline_options(cfg: dict, beam_args: Sequence[str] = ()) -> PipelineOption
   return PipelineOptions(args)
 
 
-def _direct_runner(options: PipelineOptions):
-  """For --runner=DirectRunner: Beam's Python FnApiRunner, the engine that honours direct_running_mode and
-  direct_num_workers (Beam 2.77's DirectRunner would first try Prism, a binary it downloads). None for
-  any other runner, which Beam then builds from --runner."""
-  if (options.view_as(StandardOptions).runner or 'DirectRunner') != 'DirectRunner':
-    return None
-  from apache_beam.portability.api import beam_provision_api_pb2
-  from apache_beam.runners.portability.fn_api_runner import fn_runner
-  from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-  encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-  return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
-      beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
-
-
 def build(p: beam.Pipeline, cfg: dict) -> set[str] | None:
   """Adds every stage to `p`; returns the recording ids of a files source (None for youtube, whose ids
   are only known once its URLs are expanded)."""
@@ -544,7 +529,10 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
   cfg['work_dir'] = str(Path(_work_dir(cfg)).expanduser().resolve())
   cfg['tfds_data_dir'] = os.path.expanduser(cfg['tfds_data_dir'])  # not Path(): keeps gs://
   options = pipeline_options(cfg, beam_args)
-  direct = _direct_runner(options)
+  missing = beam_runners.missing_extras(options)
+  if missing:
+    raise PipelineError(missing)
+  direct = beam_runners.direct_runner(options)
   _ensure_importable_by_workers()
   with manifest.private_tempdir():  # Beam leaves temporary folders behind
     p = beam.Pipeline(runner=direct, options=options)

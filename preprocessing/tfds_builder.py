@@ -241,6 +241,11 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
   if use_beam:
     options = (beam_pipeline_options if not isinstance(beam_pipeline_options, (str, list, tuple))
                else beam_options(beam_pipeline_options))
+    from preprocessing import beam_runners  # pylint: disable=g-import-not-at-top
+
+    missing = beam_runners.missing_extras(options)
+    if missing:
+      raise ValueError(missing)
   mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if not overwrite
           else tfds.download.GenerateMode.FORCE_REDOWNLOAD)
   final = Path(data_dir) / NAME / str(SaxgptTokens.VERSION)

@@ -273,6 +273,18 @@ def test_dataflow_required_flags(stubs, drop, message):
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
+def test_dataflow_checks_its_python_before_building_anything(stubs, tmp_path):
+  """Not a dry run: the check runs first; a Python that cannot run it (the stub) stops the script there."""
+  folder, marker = stubs
+  marker.unlink(missing_ok=True)
+  proc = _run(stubs, 'preprocess_dataflow.sh', *[a for a in DATAFLOW_ARGS if a != '--dry_run'])
+  assert proc.returncode == 2, proc.stderr
+  assert "fakepython cannot import Apache Beam and this project: pip install -e '.[preprocess]'" in proc.stderr
+  calls = marker.read_text()  # the stub's one line per call; the check's code spans several
+  marker.unlink()
+  assert calls.startswith('fakepython -c ') and calls.count('fakepython') == 1 and 'missing_extras' in calls, calls
+
+
 def test_dataflow_rejects_gcs_output_and_bad_stage(stubs):
   proc = _run(stubs, 'preprocess_dataflow.sh', *DATAFLOW_ARGS, '--output_dir=gs://bucket/tokens')
   assert proc.returncode == 2 and 'local file APIs' in proc.stderr
@@ -292,7 +304,8 @@ def test_dataflow_requirements_match_the_preprocess_extra():
   assert sorted(pins) == sorted(expected), (
       'launch/requirements-dataflow.txt differs from pyproject.toml (base deps + preprocess extra): '
       f'only in the file {sorted(set(pins) - set(expected))}, only in pyproject {sorted(set(expected) - set(pins))}')
-  assert all(re.fullmatch(r'[A-Za-z0-9_.\-\[\]]+==[^=\s]+', pin) for pin in pins), 'every line must be an exact pin'
+  exact = r"[A-Za-z0-9_.\-\[\]]+==[^=\s;]+(; python_version [<>]=? '[0-9.]+')?"  # a pin, for some Pythons
+  assert all(re.fullmatch(exact, pin) for pin in pins), 'every line must be an exact pin'
 
 
 # ------------------------------------------------------------------------------------------ gpu_bench.sh

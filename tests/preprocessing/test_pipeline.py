@@ -5,6 +5,7 @@ import http.server
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from configs.data import base
-from preprocessing import ingest, local_workers, manifest, pipeline
+from preprocessing import beam_runners, ingest, local_workers, manifest, pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 SR_IN = 16000  # inputs are resampled to 32 kHz
@@ -236,6 +237,12 @@ def test_unusable_settings_or_weights_stop_the_run_before_it_writes(stems_root, 
   config.codec.weights = 'facebook/encodec_32khz'
   with pytest.raises(pipeline.PipelineError, match='huggingface-cli download facebook/encodec_32khz'):
     pipeline.run(config)
+  # A remote runner whose packages this Python lacks (here: as if Beam's gcp extras were missing).
+  monkeypatch.setitem(beam_runners._NEEDS, 'dataflow', ('saxgpt_no_such_module', 'gcp'))
+  with pytest.raises(pipeline.PipelineError, match=re.escape(
+      "--runner=DataflowRunner needs Beam's gcp extras, which this Python lacks (No module named "
+      "'saxgpt_no_such_module'): pip install 'apache-beam[gcp]==")):
+    pipeline.run(make_config(stems_root, out), ['--runner=DataflowRunner', '--project=p', '--region=r'])
   assert not out.exists()
   cfg = json.loads(make_config(stems_root, out).to_json())
   out.mkdir()

@@ -78,6 +78,21 @@ def test_plain_build_writes_every_clip_with_its_features(tokens, plain_build):
   assert info.metadata['preprocessing_config'] == {'clip_seconds': 4.0, 'codec': 'random:0'}
 
 
+def test_a_runner_this_python_cannot_start_is_refused_before_any_write(tokens, tmp_path, monkeypatch):
+  """The runner's packages are checked first (as if Beam's gcp extras were missing; with them, a Dataflow
+  job would be submitted). A runner that needs nothing more passes the check."""
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from preprocessing import beam_runners
+
+  monkeypatch.setitem(beam_runners._NEEDS, 'dataflow', ('saxgpt_no_such_module', 'gcp'))
+  with pytest.raises(ValueError, match="--runner=dataflow needs Beam's gcp extras.*pip install 'apache-beam.gcp.=="):
+    tfds_builder.build_dataset(tokens[0], tmp_path / 'tfds', beam_pipeline_options='--runner=dataflow --project=p')
+  assert not (tmp_path / 'tfds').exists()
+  monkeypatch.setitem(beam_runners._NEEDS, 'dataflow', ('json', 'gcp'))
+  assert beam_runners.missing_extras(PipelineOptions(['--runner=DataflowRunner'])) is None
+  assert beam_runners.missing_extras(PipelineOptions(['--runner=FlinkRunner'])) is None
+
+
 def test_beam_runner_writes_the_same_dataset(tokens, plain_build, tmp_path, monkeypatch):
   scratch = tmp_path / 'scratch'  # this process's temporary folder, and its workers'
   scratch.mkdir()
