@@ -21,6 +21,7 @@ import sys
 import threading
 
 WORKER_ENV = 'SAXGPT_BEAM_LOCAL_WORKER'  # set by `on_this_terminal`, inherited by the worker processes
+_LEFT_QUIET: list['_QuietAfterInterrupt'] = []  # installed by an interrupted `on_this_terminal`
 _JOB_SERVICE_LOGGER = 'apache_beam.runners.portability.local_job_service'
 
 
@@ -75,6 +76,8 @@ def on_this_terminal(local_workers: bool):
   if not local_workers:
     yield
     return
+  while _LEFT_QUIET:  # an interrupted run's, in a process that went on (a notebook): this run prints again
+    _LEFT_QUIET.pop().remove()
   relay = logging.getLogger(_JOB_SERVICE_LOGGER)
   level, os.environ[WORKER_ENV] = relay.level, '1'
   relay.setLevel(logging.CRITICAL)
@@ -98,8 +101,10 @@ def on_this_terminal(local_workers: bool):
     os.environ.pop(WORKER_ENV, None)
     if watch:
       signal.signal(signal.SIGINT, signal.default_int_handler)
-    if not interrupted.is_set():
-      quiet.remove()  # after Ctrl-C, Beam's threads may still fail while the process ends: stay quiet
+    if interrupted.is_set():
+      _LEFT_QUIET.append(quiet)  # Beam's threads may still fail as the process ends: stay quiet till then
+    else:
+      quiet.remove()
 
 
 class _QuietAfterInterrupt(logging.Filter):

@@ -190,6 +190,35 @@ def test_a_worker_process_prints_its_log_lines_itself(monkeypatch):
   assert sys.excepthook.quiet_on_interrupt
 
 
+def test_after_ctrl_c_beam_teardown_errors_are_quiet_until_the_next_run(monkeypatch):
+  """local_workers.on_this_terminal in the driver: after a Ctrl-C (SIGINT here) Beam's log records and
+  thread errors are dropped while the process ends; a next run in the same process (a notebook) undoes it."""
+  monkeypatch.setattr(threading, 'excepthook', threading.excepthook)
+  previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal's python
+  try:
+    before = (threading.excepthook, [h.filters[:] for h in logging.getLogger().handlers])
+    beam_record = logging.LogRecord('apache_beam.runners.worker.data_plane', logging.ERROR, __file__, 1,
+                                    'Failed to read inputs in the data plane.', None, None)
+    ours = logging.LogRecord('preprocessing.pipeline', logging.WARNING, __file__, 1, 'x failed', None, None)
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(handler)
+    try:
+      with pytest.raises(KeyboardInterrupt), local_workers.on_this_terminal(True):
+        assert handler.filter(beam_record)  # before the interrupt: printed
+        signal.raise_signal(signal.SIGINT)
+      assert not handler.filter(beam_record) and handler.filter(ours)
+      assert threading.excepthook is not before[0]
+      with local_workers.on_this_terminal(True):
+        assert handler.filter(beam_record)
+      assert handler.filters == [] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+      assert threading.excepthook is before[0]
+    finally:
+      logging.getLogger().removeHandler(handler)
+    assert [h.filters for h in logging.getLogger().handlers] == before[1]
+  finally:
+    signal.signal(signal.SIGINT, previous_sigint)
+
+
 def test_rerun_skips_finished_work(clean_run, stems_root):
   tokens_dir = clean_run[0]
   before = {p.name: p.stat().st_mtime_ns for p in (tokens_dir / 'clips').iterdir()}
