@@ -300,6 +300,14 @@ def _cli(stems_root, output_dir, *extra):
           '--config.demucs.name=demucs_unittest', '--config.torch_threads=1', *extra]
 
 
+def _wait_for_a_clip(proc, out):
+  """Until the running CLI `proc` has written its first clip into `out`, which must leave work to stop."""
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None and not list((out / 'clips').glob('*.npz')):
+    time.sleep(0.02)
+  assert proc.poll() is None, 'the run ended before it could be stopped'
+
+
 def test_ctrl_c_with_worker_processes_prints_one_line(stems_root, tmp_path):
   """Ctrl-C (SIGINT to the terminal's process group: driver and workers) once the first clip is written:
   exit 130 with the line that says what was kept, and no worker's or Beam thread's traceback."""
@@ -310,10 +318,7 @@ def test_ctrl_c_with_worker_processes_prints_one_line(stems_root, tmp_path):
   proc = subprocess.Popen([sys.executable, '-c', enable_sigint, *args], cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, start_new_session=True)
   try:
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not list((out / 'clips').glob('*.npz')):
-      time.sleep(0.02)
-    assert proc.poll() is None, 'the run ended before it could be interrupted'
+    _wait_for_a_clip(proc, out)
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
   finally:
@@ -333,10 +338,7 @@ def test_kill_and_resume(clean_run, stems_root, tmp_path):
   args = _cli(stems_root, out, '--config.beam.direct_running_mode=in_memory', '--config.beam.num_workers=1')
   proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not list((out / 'clips').glob('*.npz')):
-      time.sleep(0.02)
-    assert proc.poll() is None, 'the run ended before it could be killed'
+    _wait_for_a_clip(proc, out)
     os.kill(proc.pid, signal.SIGKILL)
   finally:
     proc.wait(timeout=30)
