@@ -25,10 +25,6 @@ _LEFT_QUIET: list['_QuietAfterInterrupt'] = []  # installed by an interrupted `o
 _JOB_SERVICE_LOGGER = 'apache_beam.runners.portability.local_job_service'
 
 
-def _is_interrupt(record: logging.LogRecord) -> bool:
-  return bool(record.exc_info) and isinstance(record.exc_info[1], KeyboardInterrupt)
-
-
 def in_worker() -> None:
   """In a worker process of `on_this_terminal` (nothing elsewhere): a stderr handler on the root logger
   (unless one is there), so the worker's log lines (our progress at INFO, warnings and errors) are printed;
@@ -63,7 +59,8 @@ def in_worker() -> None:
 
 
 def _not_an_interrupt(record: logging.LogRecord) -> bool:
-  return not _is_interrupt(record)
+  """False for a record that carries a KeyboardInterrupt (Beam's 'Python sdk harness failed' on Ctrl-C)."""
+  return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
 
 
 @contextlib.contextmanager
