@@ -283,7 +283,7 @@ def make_plots(output: Path, *, checkpoint: str, step: int, config: ml_collectio
   else:
     files['training_curves'] = str(plots.training_curves(
         metrics_log.read_metrics(workdir, 'train'), metrics_log.read_metrics(workdir, 'validation'), k_count,
-        output / 'training_curves.png', title=f'Training curves: {workdir.name}', mark_step=step))
+        output / 'training_curves.png', title=f'Training curves: {checkpoint}', mark_step=step))
   if arrays is None:
     skipped.update({name: 'no example windows (--num_examples=0)' for name in
                     ('token_heatmaps', 'agreement_by_frame', 'spectrograms')})
