@@ -209,7 +209,8 @@ def evaluate(trainer: train_state.Trainer, params, batches: Iterator[Mapping[str
 
 class _Preemption:
   """Set by SIGTERM or a first Ctrl-C (single process), or JAX's multi-host preemption sync point. A second
-  Ctrl-C stops at once (KeyboardInterrupt), without saving."""
+  Ctrl-C stops at once (KeyboardInterrupt), without saving. A signal the process was started ignoring (Ctrl-C
+  for a background job of a shell script) stays ignored."""
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -218,7 +219,8 @@ class _Preemption:
     self._event = threading.Event()
     self._previous = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+      self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS
+                        if signal.getsignal(sig) is not signal.SIG_IGN}
 
   def _handle(self, signum, frame):
     if signum == signal.SIGINT:

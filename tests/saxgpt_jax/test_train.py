@@ -92,19 +92,33 @@ def test_first_ctrl_c_or_sigterm_asks_for_a_checkpoint_and_a_second_ctrl_c_stops
   class NoNotice:
     reached_preemption = staticmethod(lambda step: False)
 
-  before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under a background shell
-  for first in (signal.SIGTERM, signal.SIGINT):
+  started_with = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal's python
+  try:
+    for first in (signal.SIGTERM, signal.SIGINT):
+      preemption = train._Preemption(NoNotice())
+      try:
+        assert not preemption.reached(1)
+        os.kill(os.getpid(), first)
+        assert preemption.reached(1)
+        with pytest.raises(KeyboardInterrupt):
+          os.kill(os.getpid(), signal.SIGINT)
+          time.sleep(0.1)  # the handler runs between bytecodes
+      finally:
+        preemption.close()
+      assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Started ignoring Ctrl-C (a background job of a shell script): it stays ignored; SIGTERM still counts.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     preemption = train._Preemption(NoNotice())
     try:
-      assert not preemption.reached(1)
-      os.kill(os.getpid(), first)
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.1)
+      assert not preemption.reached(1) and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+      os.kill(os.getpid(), signal.SIGTERM)
       assert preemption.reached(1)
-      with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.1)  # the handler runs between bytecodes
     finally:
       preemption.close()
-  assert signal.getsignal(signal.SIGINT) is before
+  finally:
+    signal.signal(signal.SIGINT, started_with)
 
 
 
