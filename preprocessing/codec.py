@@ -76,6 +76,16 @@ def _hf_offline() -> bool:
   return env.upper() in {'1', 'ON', 'YES', 'TRUE'} or bool(hf_constants.HF_HUB_OFFLINE)
 
 
+def not_downloadable() -> str | None:
+  """Why weights missing from the local cache cannot be fetched now (offline mode, or the Hub's host name
+  does not resolve), worded to follow their name; None if a download may be tried."""
+  if _hf_offline():
+    return 'not in the local Hugging Face cache and HF_HUB_OFFLINE is set'
+  if unreachable := hub_unreachable():
+    return f'not in the local Hugging Face cache, and {unreachable}'
+  return None
+
+
 def hub_unreachable(timeout_s: float = 5.0) -> str | None:
   """Why the Hugging Face Hub cannot be reached, or None if its host name resolves (or a proxy is set,
   which resolves it instead). A DNS lookup of at most `timeout_s` (in a daemon thread, which a hung lookup
@@ -239,12 +249,8 @@ def _pretrained_model(spec: str) -> transformers.EncodecModel:
   try:
     return transformers.EncodecModel.from_pretrained(spec, local_files_only=True)
   except OSError as cached_error:
-    if _hf_offline():
-      raise CodecError(_offline_help(spec, 'not in the local Hugging Face cache and HF_HUB_OFFLINE is set')) \
-          from cached_error
-    if unreachable := hub_unreachable():
-      raise CodecError(_offline_help(spec, f'not in the local Hugging Face cache, and {unreachable}')) \
-          from cached_error
+    if why := not_downloadable():
+      raise CodecError(_offline_help(spec, why)) from cached_error
   try:
     return transformers.EncodecModel.from_pretrained(spec)
   except OSError as e:

@@ -96,12 +96,10 @@ def _from_hub(name: str):
     return _load_bag(name, files)
   except LocalEntryNotFoundError:
     pass
-  from preprocessing.codec import _hf_offline, hub_unreachable
+  from preprocessing.codec import not_downloadable
 
-  if _hf_offline():
-    raise SeparatorError(_offline_help(name, 'not in the local Hugging Face cache and HF_HUB_OFFLINE is set'))
-  if unreachable := hub_unreachable():
-    raise SeparatorError(_offline_help(name, f'not in the local Hugging Face cache, and {unreachable}'))
+  if why := not_downloadable():
+    raise SeparatorError(_offline_help(name, why))
   from demucs.pretrained import get_model
 
   try:
