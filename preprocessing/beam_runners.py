@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 
+import apache_beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 # Runner (lower case, without 'runner') -> (a module its submission imports, Beam's extra that brings it).
@@ -30,8 +31,6 @@ def missing_extras(options: PipelineOptions) -> str | None:
   try:
     importlib.import_module(module)
   except ImportError as e:
-    import apache_beam  # pylint: disable=g-import-not-at-top
-
     return (f"--runner={name} needs Beam's {extra} extras, which this Python lacks ({e}): "
             f"pip install 'apache-beam[{extra}]=={apache_beam.__version__}'")
   return None
