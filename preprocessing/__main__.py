@@ -19,7 +19,6 @@ the same --config.output_dir resumes: finished recordings and clips are skipped.
 the run could not start.
 """
 
-import logging
 import sys
 
 from absl import app, flags
@@ -41,10 +40,9 @@ def main(argv):
   cli.no_arguments(argv)
   if _CONFIG.value is None:
     cli.usage_error('give --config=configs/data/<source>.py (youtube, local, filosax or synth).')
-  logging.getLogger().setLevel(logging.INFO)
-  # Our stages log progress at INFO (workers print theirs themselves, at the harness levels set in
-  # pipeline.py); Beam's own loggers, including the job service that would repeat them, only at WARNING.
-  logging.getLogger('apache_beam').setLevel(logging.WARNING)
+  from preprocessing import local_workers
+
+  local_workers.quiet_beam_logging()
   from preprocessing import ingest, pipeline
 
   try:

@@ -1,12 +1,21 @@
-"""The Beam runner a run's options name: the engine a DirectRunner run uses on this machine, and whether this
-environment can start a remote one."""
+"""The Beam runner a run's options name: the engine a DirectRunner run uses on this machine, whether this
+environment can start a remote one, and how much Beam's workers log. Shared by both Beam runs: the preprocessing
+pipeline and the TFDS build."""
 
 from __future__ import annotations
 
 import importlib
 
 import apache_beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+# Workers log our progress (the `preprocessing` loggers) at INFO and Beam's own, very chatty harness only at
+# ERROR (its warnings are start-up notes such as 'No semi_persistent_directory found', each printed by every
+# worker and again by the job service). Later flags win: pass --default_sdk_harness_log_level=INFO in
+# --beam_pipeline_options to see everything.
+LOCAL_WORKERS_MODULE = 'preprocessing.local_workers'  # a --beam_plugins module, by name: no import of it here
+HARNESS_LOG_FLAGS = ('--default_sdk_harness_log_level=ERROR',
+                     '--sdk_harness_log_level_overrides={"preprocessing":"INFO"}')
 
 # Runner (lower case, without 'runner') -> (a module its submission imports, Beam's extra that brings it).
 _NEEDS = {
@@ -17,6 +26,12 @@ _NEEDS = {
 
 def runner_name(options: PipelineOptions) -> str:
   return options.view_as(StandardOptions).runner or 'DirectRunner'
+
+
+def uses_local_workers(options: PipelineOptions) -> bool:
+  """Whether the run goes to DirectRunner worker processes on this machine (`local_workers`)."""
+  return (runner_name(options) == 'DirectRunner'
+          and options.view_as(DirectOptions).direct_running_mode == 'multi_processing')
 
 
 def missing_extras(options: PipelineOptions) -> str | None:
@@ -39,13 +54,17 @@ def missing_extras(options: PipelineOptions) -> str | None:
 def direct_runner(options: PipelineOptions):
   """For --runner=DirectRunner: Beam's Python FnApiRunner, the engine that honours direct_running_mode and
   direct_num_workers (Beam 2.77's DirectRunner would first try Prism, a binary it downloads). None for
-  any other runner, which Beam then builds from --runner."""
+  any other runner, which Beam then builds from --runner. Its worker processes, if any, import
+  `preprocessing.local_workers` as they start."""
   if runner_name(options) != 'DirectRunner':
     return None
   from apache_beam.portability.api import beam_provision_api_pb2  # pylint: disable=g-import-not-at-top
   from apache_beam.runners.portability.fn_api_runner import fn_runner  # pylint: disable=g-import-not-at-top
   from apache_beam.runners.portability.portable_runner import JobServiceHandle  # pylint: disable=g-import-not-at-top
 
-  encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+  worker_options = options.get_all_options()
+  if uses_local_workers(options):  # each worker imports it before its first bundle: quiet on Ctrl-C from the start
+    worker_options['beam_plugins'] = [*(worker_options.get('beam_plugins') or []), LOCAL_WORKERS_MODULE]
+  encoded = JobServiceHandle.encode_pipeline_options(worker_options)
   return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
       beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))

@@ -11,13 +11,12 @@ options instead (e.g. '--runner=DataflowRunner --project=P --region=R --temp_loc
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 from absl import app, flags
 
 from configs import cli
-from preprocessing import manifest, tfds_builder
+from preprocessing import local_workers, manifest, tfds_builder
 
 _TOKENS_DIR = flags.DEFINE_string('tokens_dir', None, 'Tokens folder (manifest.jsonl + clips/) from preprocessing.',
                                   required=True)
@@ -34,11 +33,13 @@ _OVERWRITE = flags.DEFINE_boolean('overwrite', False, 'Rebuild even if this vers
 
 def main(argv):
   cli.no_arguments(argv)
-  logging.basicConfig(level=logging.INFO)
+  local_workers.quiet_beam_logging()
   try:
-    counts = tfds_builder.build_dataset(
-        _TOKENS_DIR.value, _DATA_DIR.value, split_fractions=[float(f) for f in _SPLIT_FRACTIONS.value],
-        split_seed=_SPLIT_SEED.value, beam_pipeline_options=_BEAM.value, overwrite=_OVERWRITE.value)
+    with cli.exit_on_ctrl_c(f'{_DATA_DIR.value} is as it was (a build is moved into place only once complete); '
+                            'rerun the same command.'):
+      counts = tfds_builder.build_dataset(
+          _TOKENS_DIR.value, _DATA_DIR.value, split_fractions=[float(f) for f in _SPLIT_FRACTIONS.value],
+          split_seed=_SPLIT_SEED.value, beam_pipeline_options=_BEAM.value, overwrite=_OVERWRITE.value)
   except (manifest.ManifestError, ValueError) as e:
     sys.exit(f'error: {e}')
   print(json.dumps(counts))

@@ -8,7 +8,9 @@ Around such a run (`on_this_terminal`, in the driver):
   gRPC and 'worker exited' errors of its threads: ~200 lines above the one line that says what was kept.
 
 The workers learn that they are such workers from an environment variable they inherit; `in_worker` acts
-on it when a worker imports this module (through `preprocessing.pipeline`, when it unpickles our stages).
+on it when a worker imports this module, which it does as it starts (a --beam_plugins module, set by
+`beam_runners.direct_runner`). They import it, and our stages, from this repository whatever the working
+directory. `quiet_beam_logging` sets what the driver prints.
 """
 
 from __future__ import annotations
@@ -19,15 +21,26 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
+
+from absl import logging as absl_logging
 
 WORKER_ENV = 'SAXGPT_BEAM_LOCAL_WORKER'  # set by `on_this_terminal`, inherited by the worker processes
 _LEFT_QUIET: list['_QuietAfterInterrupt'] = []  # installed by an interrupted `on_this_terminal`
 _JOB_SERVICE_LOGGER = 'apache_beam.runners.portability.local_job_service'
 
 
+def quiet_beam_logging() -> None:
+  """For a command that runs Beam, before it imports apache_beam (which logs at import): our progress at
+  INFO; Beam's own loggers (type-hint notes, missing optional modules, and the job service that would repeat
+  each worker's lines) only at WARNING. Workers log at `beam_runners.HARNESS_LOG_FLAGS`."""
+  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger('apache_beam').setLevel(logging.WARNING)
+
+
 def in_worker() -> None:
   """In a worker process of `on_this_terminal` (nothing elsewhere): a stderr handler on the root logger
-  (unless one is there), so the worker's log lines (our progress at INFO, warnings and errors) are printed;
+  (unless one is there) in absl's format, as the driver's, so the worker's log lines (our progress at INFO, warnings and errors) are printed;
   and on Ctrl-C the worker exits at once with status 130, instead of logging 'Python sdk harness failed'
   with a traceback, printing it again and aborting in gRPC's threads at shutdown."""
   if not os.environ.get(WORKER_ENV):
@@ -39,7 +52,7 @@ def in_worker() -> None:
     return  # not a worker process: the driver of a run in its own process
   if not any(type(h) is logging.StreamHandler and h.stream is sys.stderr for h in root.handlers):
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter('%(levelname)s:%(name)s:%(message)s'))
+    handler.setFormatter(absl_logging.PythonFormatter())  # the driver's format: 'I1207 19:30:00.123 pid file:line] ...'
     root.addHandler(handler)
   for handler in root.handlers:
     if _not_an_interrupt not in handler.filters:
@@ -66,9 +79,9 @@ def _not_an_interrupt(record: logging.LogRecord) -> bool:
 @contextlib.contextmanager
 def on_this_terminal(local_workers: bool):
   """Around a DirectRunner run (`local_workers`: in worker processes on this machine): workers print their
-  own log lines and exit quietly on Ctrl-C (`in_worker`); the job service's relay here is kept quiet; and
-  once Ctrl-C has come (in the main thread), the errors of Beam's threads as the workers go are not
-  printed. The KeyboardInterrupt itself still reaches the caller. Other runners and modes are left as
+  own log lines and exit quietly on Ctrl-C (`in_worker`) and can import this repository's modules; the job
+  service's relay here is kept quiet; and once Ctrl-C has come (in the main thread), the errors of Beam's
+  threads as the workers go are not printed. The KeyboardInterrupt itself still reaches the caller. Other runners and modes are left as
   Beam sets them up."""
   if not local_workers:
     yield
@@ -76,7 +89,10 @@ def on_this_terminal(local_workers: bool):
   while _LEFT_QUIET:  # an interrupted run's, in a process that went on (a notebook): this run prints again
     _LEFT_QUIET.pop().remove()
   relay = logging.getLogger(_JOB_SERVICE_LOGGER)
-  level, os.environ[WORKER_ENV] = relay.level, '1'
+  level, environ = relay.level, dict(os.environ)
+  os.environ[WORKER_ENV] = '1'
+  paths = [str(Path(__file__).resolve().parents[1]), *os.environ.get('PYTHONPATH', '').split(os.pathsep)]
+  os.environ['PYTHONPATH'] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
   relay.setLevel(logging.CRITICAL)
   interrupted = threading.Event()
   quiet = _QuietAfterInterrupt(interrupted)
@@ -95,7 +111,10 @@ def on_this_terminal(local_workers: bool):
     yield
   finally:
     relay.setLevel(level)
-    os.environ.pop(WORKER_ENV, None)
+    for name in (WORKER_ENV, 'PYTHONPATH'):
+      os.environ.pop(name, None)
+      if name in environ:
+        os.environ[name] = environ[name]
     if watch:
       signal.signal(signal.SIGINT, signal.default_int_handler)
     if interrupted.is_set():

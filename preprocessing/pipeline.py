@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from preprocessing import augment, beam_runners, ingest, local_workers, manifest, select
 
@@ -414,13 +414,8 @@ def check_output_dir(cfg: dict) -> None:
 def pipeline_options(cfg: dict, beam_args: Sequence[str] = ()) -> PipelineOptions:
   """Options from config.beam, then `beam_args` (later flags win: anything can be overridden)."""
   b = cfg['beam']
-  # Workers log our progress (the `preprocessing` loggers) at INFO and Beam's own, very chatty harness only
-  # at ERROR (its warnings are start-up notes such as 'No semi_persistent_directory found', each printed by
-  # every worker and again by the job service); pass --default_sdk_harness_log_level=INFO in
-  # --beam_pipeline_options to see everything.
   args = [f'--runner={b["runner"]}', f'--direct_running_mode={b["direct_running_mode"]}',
-          f'--direct_num_workers={b["num_workers"]}', '--default_sdk_harness_log_level=ERROR',
-          '--sdk_harness_log_level_overrides={"preprocessing":"INFO"}', *beam_args]
+          f'--direct_num_workers={b["num_workers"]}', *beam_runners.HARNESS_LOG_FLAGS, *beam_args]
   return PipelineOptions(args)
 
 
@@ -508,14 +503,6 @@ def _counters(result) -> dict[str, int]:
   return totals
 
 
-def _ensure_importable_by_workers() -> None:
-  """Worker subprocesses of the DirectRunner must import `preprocessing` from any working directory."""
-  root = str(Path(__file__).resolve().parents[1])
-  paths = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]
-  if root not in paths:
-    os.environ['PYTHONPATH'] = os.pathsep.join([root, *paths])
-
-
 def run(config, beam_args: Sequence[str] = ()) -> Summary:
   """Runs the whole pipeline for `config` (configs/data/base.py) and returns the Summary.
 
@@ -533,7 +520,6 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
   if missing:
     raise PipelineError(missing)
   direct = beam_runners.direct_runner(options)
-  _ensure_importable_by_workers()
   with manifest.private_tempdir():  # Beam leaves temporary folders behind
     p = beam.Pipeline(runner=direct, options=options)
     listed = build(p, cfg)  # lists the inputs: missing ones stop the run here, before the output folder is touched
@@ -545,8 +531,7 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
     if manifest.remove_temporaries(cfg['output_dir']):
       _LOG.info('removed temporary files of an interrupted run in %s', cfg['output_dir'])
     ingest.remove_partial_downloads(Path(cfg['work_dir']) / 'downloads')
-    with local_workers.on_this_terminal(
-        direct is not None and options.view_as(DirectOptions).direct_running_mode == 'multi_processing'):
+    with local_workers.on_this_terminal(beam_runners.uses_local_workers(options)):
       result = p.run()
       result.wait_until_finish()
 

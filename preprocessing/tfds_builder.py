@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from preprocessing import manifest
+from preprocessing import local_workers, manifest
 
 NAME = 'saxgpt_tokens'
 SPLITS = ('train', 'validation', 'test')
@@ -215,12 +215,14 @@ class SaxgptTokens(tfds.core.GeneratorBasedBuilder):
 
 
 def beam_options(flags: str | Sequence[str] | None):
-  """PipelineOptions from a flag string like '--runner=DirectRunner --direct_num_workers=2'."""
-  from apache_beam.options.pipeline_options import PipelineOptions
+  """PipelineOptions from a flag string like '--runner=DirectRunner --direct_num_workers=2', after the
+  harness log levels the preprocessing pipeline uses (`beam_runners.HARNESS_LOG_FLAGS`; the flags given win)."""
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+  from preprocessing import beam_runners  # pylint: disable=g-import-not-at-top
 
   if isinstance(flags, str):
     flags = flags.split()
-  return PipelineOptions(list(flags or []))
+  return PipelineOptions([*beam_runners.HARNESS_LOG_FLAGS, *(flags or [])])
 
 
 def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
@@ -237,7 +239,8 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
   nothing.
   """
   use_beam = beam_pipeline_options is not None
-  options = None
+  options = runner = None
+  local = False  # DirectRunner worker processes on this machine
   if use_beam:
     options = (beam_pipeline_options if not isinstance(beam_pipeline_options, (str, list, tuple))
                else beam_options(beam_pipeline_options))
@@ -246,6 +249,7 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
     missing = beam_runners.missing_extras(options)
     if missing:
       raise ValueError(missing)
+    runner, local = beam_runners.direct_runner(options), beam_runners.uses_local_workers(options)
   mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if not overwrite
           else tfds.download.GenerateMode.FORCE_REDOWNLOAD)
   final = Path(data_dir) / NAME / str(SaxgptTokens.VERSION)
@@ -264,8 +268,9 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
                            use_beam=use_beam, data_dir=str(staging or data_dir), file_format='array_record')
     assign_splits(builder.records, split_fractions, split_seed)  # too few recordings: fail before any writes
     try:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(beam_options=options, download_mode=mode))
+      with local_workers.on_this_terminal(local):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            beam_runner=runner, beam_options=options, download_mode=mode))
     finally:
       if staging is not None and not (staging / NAME / final.name / 'dataset_info.json').exists():
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,6 +1,7 @@
 """The `saxgpt_tokens` builder: both runners, features, metadata, splits by recording, manifest errors."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -93,14 +94,21 @@ def test_a_runner_this_python_cannot_start_is_refused_before_any_write(tokens, t
   assert beam_runners.missing_extras(PipelineOptions(['--runner=FlinkRunner'])) is None
 
 
-def test_beam_runner_writes_the_same_dataset(tokens, plain_build, tmp_path, monkeypatch):
+def test_beam_runner_writes_the_same_dataset(tokens, plain_build, tmp_path, monkeypatch, capfd, caplog):
+  caplog.set_level(logging.INFO)  # as preprocessing.build_tfds logs
   scratch = tmp_path / 'scratch'  # this process's temporary folder, and its workers'
   scratch.mkdir()
   monkeypatch.setattr(tempfile, 'tempdir', str(scratch))
   monkeypatch.setenv('TMPDIR', str(scratch))
+  environ = dict(os.environ)
   counts = tfds_builder.build_dataset(tokens[0], tmp_path, beam_pipeline_options=BEAM_FLAGS)
   assert not list(scratch.iterdir()), 'Beam and TFDS left temporary folders behind'
-  assert tempfile.gettempdir() == str(scratch) and os.environ['TMPDIR'] == str(scratch)
+  assert tempfile.gettempdir() == str(scratch) and dict(os.environ) == environ
+  # The worker processes ran as the preprocessing pipeline's do (`local_workers`): Beam's harness lines are
+  # neither printed by the workers nor relayed once more, as 'Worker: severity: ...', by the job service here.
+  printed = capfd.readouterr().err + ''.join(f'{r.name}: {r.getMessage()}\n' for r in caplog.records)
+  for noise in ('Worker: severity', 'sdk harness', 'control plane', 'Traceback'):
+    assert noise not in printed, printed[-3000:]
   assert counts == plain_build[1]
   for split in tfds_builder.SPLITS:
     plain, beam = read_split(plain_build[0], split), read_split(tmp_path, split)
@@ -162,6 +170,38 @@ def test_cli_and_no_jax_import(tokens, tmp_path):
   assert sum(counts.values()) == len(tokens[1])
   assert f'building TFDS saxgpt_tokens 1.0.0: {len(tokens[1])} clips from' in out.stdout  # not 'Downloading ...'
   assert 'Downloading' not in out.stdout and 'downloaded' not in out.stdout, out.stdout
+
+
+def test_direct_runner_workers_import_local_workers_as_they_start():
+  """So a worker exits quietly on Ctrl-C from its start, not only once its first bundle imports our stages."""
+  from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+  from apache_beam.runners.worker import sdk_worker_main
+  from google.protobuf import json_format
+
+  from preprocessing import beam_runners
+
+  def worker_plugins(flags):  # the options a worker reads from the runner's provision info, as it reads them
+    encoded = beam_runners.direct_runner(PipelineOptions(flags.split()))._provision_info.provision_info
+    options = sdk_worker_main._load_pipeline_options(json_format.MessageToJson(encoded.pipeline_options))
+    return PipelineOptions.from_dictionary(options).view_as(SetupOptions).beam_plugins
+
+  assert worker_plugins(BEAM_FLAGS) == ['preprocessing.local_workers']
+  assert worker_plugins('--runner=DirectRunner --beam_plugins=a.b ' + BEAM_FLAGS.split(' ', 1)[1]) == [
+      'a.b', 'preprocessing.local_workers']
+  assert not worker_plugins('--runner=DirectRunner --direct_running_mode=in_memory')
+
+
+def test_cli_ctrl_c_is_one_line_and_leaves_the_data_dir_as_it_was(tokens, tmp_path):
+  root = Path(__file__).resolve().parents[2]
+  code = ('import os, signal; from absl import app; import preprocessing.build_tfds as cli; '
+          'from preprocessing import tfds_builder\n'
+          'def build(*args, **kwargs):\n  os.kill(os.getpid(), signal.SIGINT)\n  raise AssertionError("not reached")\n'
+          'tfds_builder.build_dataset = build; signal.signal(signal.SIGINT, signal.default_int_handler); app.run(cli.main)')
+  done = subprocess.run([sys.executable, '-c', code, f'--tokens_dir={tokens[0]}', f'--data_dir={tmp_path}'], cwd=root,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 130 and done.stderr.strip() == (
+      f'interrupted: {tmp_path} is as it was (a build is moved into place only once complete); rerun the same '
+      'command.'), done.stderr[-3000:]
 
 
 def test_a_failed_rebuild_keeps_the_previous_dataset(tmp_path):
