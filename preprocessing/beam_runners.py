@@ -1,6 +1,6 @@
 """The Beam runner a run's options name: the engine a DirectRunner run uses on this machine, whether this
-environment can start a remote one, and how much Beam's workers log. Shared by both Beam runs: the preprocessing
-pipeline and the TFDS build."""
+environment can start a remote one, and how much Beam's workers log. Shared by both Beam runs: the
+preprocessing pipeline and the TFDS build."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import importlib
 import apache_beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+LOCAL_WORKERS_MODULE = 'preprocessing.local_workers'  # a --beam_plugins module, by name: no import of it here
 # Workers log our progress (the `preprocessing` loggers) at INFO and Beam's own, very chatty harness only at
 # ERROR (its warnings are start-up notes such as 'No semi_persistent_directory found', each printed by every
 # worker and again by the job service). Later flags win: pass --default_sdk_harness_log_level=INFO in
 # --beam_pipeline_options to see everything.
-LOCAL_WORKERS_MODULE = 'preprocessing.local_workers'  # a --beam_plugins module, by name: no import of it here
 HARNESS_LOG_FLAGS = ('--default_sdk_harness_log_level=ERROR',
                      '--sdk_harness_log_level_overrides={"preprocessing":"INFO"}')
 

@@ -35,8 +35,8 @@ def main(argv):
   cli.no_arguments(argv)
   local_workers.quiet_beam_logging()
   try:
-    with cli.exit_on_ctrl_c(f'{_DATA_DIR.value} is as it was (a build is moved into place only once complete); '
-                            'rerun the same command.'):
+    with cli.exit_on_ctrl_c(f'no new build was put in {_DATA_DIR.value} (a build is moved into place only once '
+                            'complete); rerun the same command.'):
       counts = tfds_builder.build_dataset(
           _TOKENS_DIR.value, _DATA_DIR.value, split_fractions=[float(f) for f in _SPLIT_FRACTIONS.value],
           split_seed=_SPLIT_SEED.value, beam_pipeline_options=_BEAM.value, overwrite=_OVERWRITE.value)

@@ -40,9 +40,10 @@ def quiet_beam_logging() -> None:
 
 def in_worker() -> None:
   """In a worker process of `on_this_terminal` (nothing elsewhere): a stderr handler on the root logger
-  (unless one is there) in absl's format, as the driver's, so the worker's log lines (our progress at INFO, warnings and errors) are printed;
-  and on Ctrl-C the worker exits at once with status 130, instead of logging 'Python sdk harness failed'
-  with a traceback, printing it again and aborting in gRPC's threads at shutdown."""
+  (unless one is there) in absl's format, as the driver's, so the worker's log lines (our progress at INFO,
+  warnings and errors) are printed; and on Ctrl-C the worker exits at once with status 130, instead of
+  logging 'Python sdk harness failed' with a traceback, printing it again and aborting in gRPC's threads
+  at shutdown."""
   if not os.environ.get(WORKER_ENV):
     return
   from apache_beam.runners.worker.log_handler import FnApiLogRecordHandler
@@ -52,7 +53,7 @@ def in_worker() -> None:
     return  # not a worker process: the driver of a run in its own process
   if not any(type(h) is logging.StreamHandler and h.stream is sys.stderr for h in root.handlers):
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(absl_logging.PythonFormatter())  # the driver's format: 'I1207 19:30:00.123 pid file:line] ...'
+    handler.setFormatter(absl_logging.PythonFormatter())  # 'I1207 19:30:00.123456 thread file.py:line] ...'
     root.addHandler(handler)
   for handler in root.handlers:
     if _not_an_interrupt not in handler.filters:
@@ -81,8 +82,8 @@ def on_this_terminal(local_workers: bool):
   """Around a DirectRunner run (`local_workers`: in worker processes on this machine): workers print their
   own log lines and exit quietly on Ctrl-C (`in_worker`) and can import this repository's modules; the job
   service's relay here is kept quiet; and once Ctrl-C has come (in the main thread), the errors of Beam's
-  threads as the workers go are not printed. The KeyboardInterrupt itself still reaches the caller. Other runners and modes are left as
-  Beam sets them up."""
+  threads as the workers go are not printed. The KeyboardInterrupt itself still reaches the caller. Other
+  runners and modes are left as Beam sets them up."""
   if not local_workers:
     yield
     return

@@ -433,9 +433,11 @@ class Attention(nnx.Module):
       weights = self.dropout(weights, deterministic=False, rngs=rngs)
     weights = weights.astype(v_bsnh.dtype)
     if one_row:
-      o = (jnp.einsum('BNTS,BNSH->BNTH', weights, v, preferred_element_type=jnp.float32) / sums).transpose(0, 2, 1, 3)
+      o = jnp.einsum('BNTS,BNSH->BNTH', weights, v, preferred_element_type=jnp.float32) / sums
+      o = o.transpose(0, 2, 1, 3)
     else:
-      o = jnp.einsum('BNTS,BSNH->BTNH', weights, v_bsnh, preferred_element_type=jnp.float32) / sums.transpose(0, 2, 1, 3)
+      o = jnp.einsum('BNTS,BSNH->BTNH', weights, v_bsnh, preferred_element_type=jnp.float32)
+      o = o / sums.transpose(0, 2, 1, 3)
     return self.project_out(o.astype(v_bsnh.dtype))
 
 

@@ -154,9 +154,9 @@ def test_two_workers_same_as_one(clean_run, stems_root, tmp_path, capfd, caplog)
   assert_same_output(clean_run[0], tmp_path / 'tokens')
   # Each worker warning is printed once, by the worker; the job service here does not repeat it.
   printed = capfd.readouterr().err
-  for name, (stage, _) in BAD.items():  # in absl's format, as the driver's lines: 'W1207 19:30:00.123 pid file:line] '
-    assert len(re.findall(rf'^W\d{{4}} [\d:.]+ +\d+ pipeline\.py:\d+\] {stage} failed for {name}', printed, re.M)) == 1, \
-        printed[-3000:]
+  for name, (stage, _) in BAD.items():  # in absl's format, as the driver's lines: 'W1207 19:30:00.123 thread file:line] '
+    line = rf'^W\d{{4}} [\d:.]+ +\d+ pipeline\.py:\d+\] {stage} failed for {name}'
+    assert len(re.findall(line, printed, re.M)) == 1, printed[-3000:]
   assert not [r for r in caplog.records if r.name.endswith('local_job_service') and r.levelno >= logging.WARNING]
 
 
@@ -180,7 +180,8 @@ def test_a_worker_process_prints_its_log_lines_itself(monkeypatch):
   local_workers.in_worker()
   assert [type(h) for h in root.handlers] == [FakeFnApiHandler, logging.StreamHandler]
   assert root.handlers[1].stream is sys.stderr
-  line = root.handlers[1].format(logging.LogRecord('preprocessing.pipeline', logging.INFO, '/x/pipeline.py', 7, 'hi', None, None))
+  record = logging.LogRecord('preprocessing.pipeline', logging.INFO, '/x/pipeline.py', 7, 'hi', None, None)
+  line = root.handlers[1].format(record)
   assert re.fullmatch(r'I\d{4} [\d:.]+ +\d+ pipeline\.py:7\] hi', line), line  # absl's format, as the driver's
   # On Ctrl-C, Beam's 'Python sdk harness failed' record with the KeyboardInterrupt is printed by neither.
   def record(error):

@@ -191,17 +191,17 @@ def test_direct_runner_workers_import_local_workers_as_they_start():
   assert not worker_plugins('--runner=DirectRunner --direct_running_mode=in_memory')
 
 
-def test_cli_ctrl_c_is_one_line_and_leaves_the_data_dir_as_it_was(tokens, tmp_path):
+def test_cli_ctrl_c_is_one_line_with_status_130(tokens, tmp_path):
   root = Path(__file__).resolve().parents[2]
   code = ('import os, signal; from absl import app; import preprocessing.build_tfds as cli; '
           'from preprocessing import tfds_builder\n'
           'def build(*args, **kwargs):\n  os.kill(os.getpid(), signal.SIGINT)\n  raise AssertionError("not reached")\n'
           'tfds_builder.build_dataset = build; signal.signal(signal.SIGINT, signal.default_int_handler); app.run(cli.main)')
-  done = subprocess.run([sys.executable, '-c', code, f'--tokens_dir={tokens[0]}', f'--data_dir={tmp_path}'], cwd=root,
-                        capture_output=True, text=True, timeout=120)
+  done = subprocess.run([sys.executable, '-c', code, f'--tokens_dir={tokens[0]}', f'--data_dir={tmp_path}'],
+                        cwd=root, capture_output=True, text=True, timeout=120)
   assert done.returncode == 130 and done.stderr.strip() == (
-      f'interrupted: {tmp_path} is as it was (a build is moved into place only once complete); rerun the same '
-      'command.'), done.stderr[-3000:]
+      f'interrupted: no new build was put in {tmp_path} (a build is moved into place only once complete); rerun '
+      'the same command.'), done.stderr[-3000:]
 
 
 def test_a_failed_rebuild_keeps_the_previous_dataset(tmp_path):
