@@ -78,13 +78,15 @@ def _not_an_interrupt(record: logging.LogRecord) -> bool:
 
 
 @contextlib.contextmanager
-def on_this_terminal(local_workers: bool):
-  """Around a DirectRunner run (`local_workers`: in worker processes on this machine): workers print their
-  own log lines and exit quietly on Ctrl-C (`in_worker`) and can import this repository's modules; the job
+def on_this_terminal(options):
+  """Around a Beam run with these PipelineOptions (None: no Beam). When they send it to DirectRunner worker
+  processes on this machine (`beam_runners.uses_local_workers`): workers print their own log lines and exit quietly on Ctrl-C (`in_worker`) and can import this repository's modules; the job
   service's relay here is kept quiet; and once Ctrl-C has come (in the main thread), the errors of Beam's
   threads as the workers go are not printed. The KeyboardInterrupt itself still reaches the caller. Other
   runners and modes are left as Beam sets them up."""
-  if not local_workers:
+  from preprocessing import beam_runners  # pylint: disable=g-import-not-at-top  # imports apache_beam
+
+  if options is None or not beam_runners.uses_local_workers(options):
     yield
     return
   while _LEFT_QUIET:  # an interrupted run's, in a process that went on (a notebook): this run prints again

@@ -531,7 +531,7 @@ def run(config, beam_args: Sequence[str] = ()) -> Summary:
     if manifest.remove_temporaries(cfg['output_dir']):
       _LOG.info('removed temporary files of an interrupted run in %s', cfg['output_dir'])
     ingest.remove_partial_downloads(Path(cfg['work_dir']) / 'downloads')
-    with local_workers.on_this_terminal(beam_runners.uses_local_workers(options)):
+    with local_workers.on_this_terminal(options):
       result = p.run()
       result.wait_until_finish()
 

@@ -240,7 +240,6 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
   """
   use_beam = beam_pipeline_options is not None
   options = runner = None
-  local = False  # DirectRunner worker processes on this machine
   if use_beam:
     options = (beam_pipeline_options if not isinstance(beam_pipeline_options, (str, list, tuple))
                else beam_options(beam_pipeline_options))
@@ -249,7 +248,7 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
     missing = beam_runners.missing_extras(options)
     if missing:
       raise ValueError(missing)
-    runner, local = beam_runners.direct_runner(options), beam_runners.uses_local_workers(options)
+    runner = beam_runners.direct_runner(options)
   mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if not overwrite
           else tfds.download.GenerateMode.FORCE_REDOWNLOAD)
   final = Path(data_dir) / NAME / str(SaxgptTokens.VERSION)
@@ -268,7 +267,7 @@ def build_dataset(tokens_dir: str | os.PathLike, data_dir: str | os.PathLike, *,
                            use_beam=use_beam, data_dir=str(staging or data_dir), file_format='array_record')
     assign_splits(builder.records, split_fractions, split_seed)  # too few recordings: fail before any writes
     try:
-      with local_workers.on_this_terminal(local):
+      with local_workers.on_this_terminal(options):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             beam_runner=runner, beam_options=options, download_mode=mode))
     finally:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from configs.data import base
 from preprocessing import beam_runners, ingest, local_workers, manifest, pipeline
@@ -207,12 +208,13 @@ def test_after_ctrl_c_beam_teardown_errors_are_quiet_until_the_next_run(monkeypa
     handler = logging.StreamHandler(sys.stderr)
     logging.getLogger().addHandler(handler)
     try:
-      with pytest.raises(KeyboardInterrupt), local_workers.on_this_terminal(True):
+      workers = PipelineOptions(['--runner=DirectRunner', '--direct_running_mode=multi_processing'])
+      with pytest.raises(KeyboardInterrupt), local_workers.on_this_terminal(workers):
         assert handler.filter(beam_record)  # before the interrupt: printed
         signal.raise_signal(signal.SIGINT)
       assert not handler.filter(beam_record) and handler.filter(ours)
       assert threading.excepthook is not before[0]
-      with local_workers.on_this_terminal(True):
+      with local_workers.on_this_terminal(workers):
         assert handler.filter(beam_record)
       assert handler.filters == [] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
       assert threading.excepthook is before[0]
