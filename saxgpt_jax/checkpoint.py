@@ -55,6 +55,11 @@ def as_path(directory: str | os.PathLike) -> epath.Path:
   if os.fspath(directory).startswith('gs://') and importlib.util.find_spec('gcsfs') is None:
     raise CheckpointError(f'{os.fspath(directory)}: gs:// paths need gcsfs, which is not installed; install the '
                           "project with pip install '.[train]' (or pip install gcsfs==2026.10.1)")
+  return expanded(directory)
+
+
+def expanded(directory: str | os.PathLike) -> epath.Path:
+  """`as_path` without its gcsfs check: local paths expanded and absolute, remote URLs as they are."""
   path = epath.Path(directory)
   return path if is_remote(path) else epath.Path(Path(directory).expanduser().resolve())
 

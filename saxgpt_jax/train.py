@@ -311,9 +311,8 @@ def _finished_run(workdir, step: int) -> dict[str, float] | None:
 def _evaluate_hint(config: ml_collections.ConfigDict, ckpt_dir, workdir) -> str:
   """How to evaluate a finished run on other data, naming this command's data.data_dir when the run was
   trained (and tested) on another one, whose test result the finished run reports."""
-  where = lambda path: path if checkpoint.is_remote(path) else os.path.realpath(os.path.expanduser(path))
   tested_on, asked = checkpoint.read_config(ckpt_dir).get('data', {}).get('data_dir'), str(config.data.data_dir)
-  if tested_on is None or where(str(tested_on)) == where(asked):  # None: a config.json without data settings
+  if tested_on is None or checkpoint.expanded(str(tested_on)) == checkpoint.expanded(asked):  # None: a config.json without data settings
     return 'evaluate it on other data with python -m saxgpt_jax.evaluate.'
   return (f'that test ran on data.data_dir={tested_on}, not on this command\'s {asked}; evaluate it there with '
           f'python -m saxgpt_jax.evaluate --checkpoint={workdir} --data_dir={asked}')
