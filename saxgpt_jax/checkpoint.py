@@ -139,11 +139,20 @@ def restore_errors(directory: str | os.PathLike, step: int):
   except CheckpointError:
     raise
   except Exception as e:  # orbax raises many types (ValueError, KeyError, TensorStore's)
-    first = (str(e).strip().splitlines() or [''])[0][:300]
+    root = e
+    while root.__cause__ is not None:  # e.g. TensorStore's error, naming the array and file, under orbax's
+      root = root.__cause__
+    why = _first_line(e) + ('' if root is e else f'; cause: {type(root).__name__}: {_first_line(root)}')
     raise CheckpointError(
-        f'checkpoint {step} in {directory} cannot be read ({type(e).__name__}: {first}). If that step is '
+        f'checkpoint {step} in {directory} cannot be read ({type(e).__name__}: {why}). If that step is '
         f'damaged (an interrupted copy, a full disk), delete the folder {directory}/{step} to use the one '
         'before it.') from e
+
+
+def _first_line(e: BaseException) -> str:
+  """The first line of an exception's message, without the TensorStore spec orbax appends to it."""
+  line = (str(e).strip().splitlines() or [''])[0]
+  return line.split(' See full TensorStore details')[0][:600].rstrip('.')
 
 
 def construct_model(model_cfg, seed):
