@@ -58,6 +58,13 @@ def usage_error(message: str) -> NoReturn:
   sys.exit(2)
 
 
+def quoted(error: BaseException, limit: int = 300) -> str:
+  """`TypeName: first line of its message` (at most `limit` characters of it, no final period): a library's
+  error quoted inside a one-line message."""
+  line = (str(error).strip().splitlines() or [''])[0][:limit].rstrip('.')
+  return f'{type(error).__name__}: {line}'
+
+
 def no_arguments(argv: Sequence[str]) -> None:
   """For a command that takes flags only: stray words (e.g. `--greedy true`, where a boolean flag takes no
   value) are a usage error instead of being ignored."""

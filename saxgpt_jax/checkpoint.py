@@ -34,6 +34,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from configs import cli
 from saxgpt_jax import model as model_lib
 from saxgpt_jax import sharding as sharding_lib
 
@@ -142,17 +143,15 @@ def restore_errors(directory: str | os.PathLike, step: int):
     root = e
     while root.__cause__ is not None:  # e.g. TensorStore's error, naming the array and file, under orbax's
       root = root.__cause__
-    why = _first_line(e) + ('' if root is e else f'; cause: {type(root).__name__}: {_first_line(root)}')
+    why = _quoted(e) + ('' if root is e else f'; cause: {_quoted(root)}')
     raise CheckpointError(
-        f'checkpoint {step} in {directory} cannot be read ({type(e).__name__}: {why}). If that step is '
-        f'damaged (an interrupted copy, a full disk), delete the folder {directory}/{step} to use the one '
-        'before it.') from e
+        f'checkpoint {step} in {directory} cannot be read ({why}). If that step is damaged (an interrupted '
+        f'copy, a full disk), delete the folder {directory}/{step} to use the one before it.') from e
 
 
-def _first_line(e: BaseException) -> str:
-  """The first line of an exception's message, without the TensorStore spec orbax appends to it."""
-  line = (str(e).strip().splitlines() or [''])[0]
-  return line.split(' See full TensorStore details')[0][:600].rstrip('.')
+def _quoted(e: BaseException) -> str:
+  """`cli.quoted(e)` without the TensorStore spec orbax appends to its messages."""
+  return cli.quoted(e, limit=600).split(' See full TensorStore details')[0].rstrip('.')
 
 
 def construct_model(model_cfg, seed):

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
+from configs import cli
 from saxgpt_jax.delay import PADDING_IDX, delayed_window
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,10 @@ def version_dir(data_dir: str, name: str) -> epath.Path:
   return versions[-1]
 
 
+class DataError(ValueError):
+  """A prepared dataset whose records cannot be read (a damaged shard); the message names the fix."""
+
+
 def split_names(config: ml_collections.ConfigDict) -> list[str]:
   """The splits of the prepared dataset of config.data (FileNotFoundError when there is none)."""
   return sorted(_builder(config).info.splits)
@@ -74,10 +79,28 @@ def data_source(config: ml_collections.ConfigDict, split: str) -> Sequence[dict[
 
 
 def clip_frames(source: Sequence[dict[str, Any]]) -> np.ndarray:
-  """int64 [num_clips]: frames N of every clip (one pass over the source)."""
-  return np.array([int(source[i]['num_frames']) for i in tqdm(range(len(source)), desc='indexing clips',
-                                                               leave=False, disable=len(source) < 1000)],
-                  np.int64)
+  """int64 [num_clips]: frames N of every clip (one pass over the source, which decodes every record:
+  DataError names the first that cannot be read)."""
+  frames = np.zeros(len(source), np.int64)
+  for i in tqdm(range(len(source)), desc='indexing clips', leave=False, disable=len(source) < 1000):
+    try:
+      frames[i] = int(source[i]['num_frames'])
+    except Exception as e:  # ArrayRecord, TFDS decoding: a truncated or overwritten shard
+      raise DataError(f'record {i} of {len(source)} cannot be read ({cli.quoted(e)})') from e
+  return frames
+
+
+def indexed_source(config: ml_collections.ConfigDict, split: str) -> tuple[Sequence[dict[str, Any]], np.ndarray]:
+  """`data_source(config, split)` and its `clip_frames`, every record read once before any batch, so that a
+  damaged shard stops a run at its start with one DataError naming the split and the rebuild command."""
+  source = data_source(config, split)
+  try:
+    return source, clip_frames(source)
+  except DataError as e:
+    raise DataError(
+        f'{config.data.name} split {split!r} in {config.data.data_dir}: {e}. Its shards are damaged (an '
+        'interrupted copy, a full disk); rebuild the dataset with python -m preprocessing.build_tfds '
+        f'--tokens_dir=TOKENS_DIR --data_dir={config.data.data_dir} --overwrite') from e.__cause__
 
 
 def window_index(frames: np.ndarray, seq_len: int, stride: int) -> np.ndarray:
@@ -93,7 +116,7 @@ def window_index(frames: np.ndarray, seq_len: int, stride: int) -> np.ndarray:
 
 def num_windows(config: ml_collections.ConfigDict, split: str) -> int:
   """Fixed windows in `split` (what one epoch of it holds, before any padding to the global batch)."""
-  frames = clip_frames(data_source(config, split))
+  _, frames = indexed_source(config, split)
   return len(window_index(frames, config.data.seq_len, config.data.stride))
 
 
@@ -168,8 +191,7 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, *, process_index
     num_epochs = None if is_train else 1
   elif num_epochs < 1:
     raise ValueError(f'num_epochs must be None or a positive int, got {num_epochs}.')
-  source = data_source(config, split)
-  frames = clip_frames(source)
+  source, frames = indexed_source(config, split)
   index = window_index(frames, config.data.seq_len, config.data.stride)
   short = int((frames < config.data.seq_len).sum())
   log.info('%s/%s: %d clips, %d windows of %d frames; %d clip(s) shorter than a window are padded and masked.',

@@ -494,6 +494,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # library INFO chatter (orbax, tfds, jax) drowns the progress bar
   logging.get_absl_logger().addFilter(_drop_unscored_checkpoint_warning)
   args = flags.FLAGS
+  from saxgpt_jax import data  # pylint: disable=g-import-not-at-top  (for its DataError; the run reads data)
   maybe_initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.ERROR)
@@ -507,7 +508,7 @@ def main(argv):
     # Nothing is pending (the manager is closed), but array reads a failed restore abandoned can still be
     # finishing, and one that finishes while Python shuts down prints a traceback past any hook: end now.
     os._exit(1)  # pylint: disable=protected-access
-  except (ConfigError, TrainingDivergedError) as e:
+  except (ConfigError, data.DataError, TrainingDivergedError) as e:
     sys.exit(f'error: {e}')  # printed by every process of a multi-host run
 
 

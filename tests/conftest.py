@@ -48,6 +48,19 @@ def build_token_dataset(root: Path, *, min_frames: int, max_frames: int, num_cli
   return root / 'tfds'
 
 
+def damage_train_shards(data_dir: Path, copy_to: Path) -> Path:
+  """A copy of a `build_token_dataset` data_dir whose train shards lost their second half (an interrupted
+  copy). Returns `copy_to`."""
+  import shutil
+
+  shutil.copytree(data_dir, copy_to)
+  shards = list(copy_to.glob('saxgpt_tokens/*/saxgpt_tokens-train.array_record-*'))
+  assert shards
+  for shard in shards:
+    shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])
+  return copy_to
+
+
 @pytest.fixture
 def no_hub(monkeypatch):
   """The Hugging Face Hub at a name that never resolves (RFC 2606 .invalid), offline mode off, no proxy."""

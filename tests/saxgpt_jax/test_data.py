@@ -11,7 +11,7 @@ import pytest
 
 from configs import tiny
 from saxgpt_jax import data
-from tests.conftest import build_token_dataset
+from tests.conftest import build_token_dataset, damage_train_shards
 
 SEQ_LEN, STRIDE, K = 32, 16, 4
 
@@ -172,6 +172,17 @@ def test_clear_errors(data_dir, tmp_path):
     data.make_iterator(make_config(data_dir), 'train', process_index=0, process_count=3)
   with pytest.raises(ValueError, match="no split 'dev'"):
     data.data_source(make_config(data_dir), 'dev')
+
+
+def test_a_damaged_shard_stops_a_pass_before_its_first_batch_with_the_rebuild_command(data_dir, tmp_path):
+  damaged = tmp_path / 'damaged'
+  config = make_config(damage_train_shards(data_dir, damaged))
+  words = (rf"saxgpt_tokens split 'train' in {damaged}: record \d+ of \d+ cannot be read \(.*\)\. Its shards "
+           rf'are damaged .*preprocessing.build_tfds --tokens_dir=TOKENS_DIR --data_dir={damaged} --overwrite$')
+  for make in (lambda: data.make_iterator(config, 'train'), lambda: data.num_windows(config, 'train')):
+    with pytest.raises(data.DataError, match=words):
+      make()
+  assert data.num_windows(config, 'validation') == data.num_windows(make_config(data_dir), 'validation')
 
 
 def test_importing_data_does_not_import_torch():

@@ -26,7 +26,7 @@ from saxgpt_jax import metrics_log
 from saxgpt_jax import sharding
 from saxgpt_jax import train
 from saxgpt_jax import train_state
-from tests.conftest import build_token_dataset
+from tests.conftest import build_token_dataset, damage_train_shards
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_STEPS = 8
@@ -285,6 +285,17 @@ def test_a_resume_with_another_model_or_a_damaged_checkpoint_is_refused_and_chan
   code, output = finish(start(command(data_dir, workdir, **longer), environment(compile_cache), tmp_path / 'damaged.log'),
                         tmp_path / 'damaged.log')
   assert code == 1 and output.startswith(f'error: checkpoint {NUM_STEPS} in ') and output.count('\n') == 1, output
+
+
+def test_a_damaged_dataset_is_one_error_line_before_the_run_writes_anything(data_dir, compile_cache, tmp_path):
+  damaged = damage_train_shards(data_dir, tmp_path / 'damaged')
+  workdir = tmp_path / 'run'
+  code, output = finish(start(command(damaged, workdir), environment(compile_cache), tmp_path / 'run.log'),
+                        tmp_path / 'run.log')
+  assert code == 1 and output.count('\n') == 1, output
+  assert output.startswith(f"error: saxgpt_tokens split 'train' in {damaged}: record "), output
+  assert output.rstrip().endswith(f'--data_dir={damaged} --overwrite'), output
+  assert not list(workdir.glob('checkpoints/*')) and not (workdir / metrics_log.METRICS_FILE).exists()
 
 
 def test_a_finished_run_says_when_its_test_result_is_from_other_data(data_dir, reference, tmp_path, capsys):
