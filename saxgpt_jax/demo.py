@@ -66,7 +66,7 @@ def _run(title: str, args: list[str], work: Path) -> None:
           '(finished stages and finished work inside a stage are kept).', file=sys.stderr, flush=True)
     sys.exit(130)  # the shell's status for a Ctrl-C
   if code != 0:
-    raise SystemExit(f'stage "{title}" failed (exit {code}); fix the message above and rerun '
+    raise SystemExit(f'error: stage "{title}" failed (exit {code}); fix the message above and rerun '
                      f'`python -m saxgpt_jax.demo --workdir={work}` (finished stages are skipped).')
   print(f'=== {title}: done in {time.time() - t0:.0f} s', flush=True)
 
@@ -83,7 +83,7 @@ def _held_out_backing(config_args: list[str], stems: Path) -> Path:
   rec = rec.decode() if isinstance(rec, bytes) else str(rec)
   path = stems / rec / 'backing.wav'
   if not path.exists():
-    raise SystemExit(f'test recording {rec} has no backing at {path}; rerun the demo with a fresh --workdir.')
+    raise SystemExit(f'error: test recording {rec} has no backing at {path}; rerun the demo with a fresh --workdir.')
   named = stems.parent / 'held_out' / f'{rec}.wav'  # outputs are named after their input: <rec>_solo.wav
   named.parent.mkdir(parents=True, exist_ok=True)
   shutil.copyfile(path, named)

@@ -373,6 +373,10 @@ def main(argv):
                     window_stride=f.window_stride, codec_spec=f.codec, best=f.best)
   except ckpt_lib.CheckpointError as e:  # parameters that do not fit, or none saved
     sys.exit(f'error: {e}')
+  except SystemExit as e:  # run()'s refusals: a missing or unusable backing, clashing outputs, a bad --codec
+    if not isinstance(e.code, str):
+      raise
+    sys.exit(f'error: {e.code}')
   for entry in summary['outputs']:
     how = 'kept from the earlier run' if entry['input'] in summary['kept'] else f"in {entry['windows']} window(s)"
     print(f"{entry['input']}: {entry['seconds']:.1f} s of solo {how} -> {', '.join(entry['files'])}")

@@ -99,13 +99,13 @@ def tuned_environment(environ: dict[str, str]) -> dict[str, str] | None:
   """The environment to restart a tool with (see the module docstring), or None to run it as started."""
   choice = 'system' if environ.get(OPT_OUT_VARIABLE) == '0' else environ.get(ALLOCATOR_VARIABLE, 'glibc')
   if choice not in ALLOCATORS:
-    raise SystemExit(f'{ALLOCATOR_VARIABLE}={choice!r} is not one of {", ".join(ALLOCATORS)}.')
+    raise SystemExit(f'error: {ALLOCATOR_VARIABLE}={choice!r} is not one of {", ".join(ALLOCATORS)}.')
   if choice == 'system':
     return None
   if choice == 'jemalloc':
     library = find_jemalloc()
     if library is None:
-      raise SystemExit(f'{ALLOCATOR_VARIABLE}=jemalloc, but the dynamic loader finds no libjemalloc: install '
+      raise SystemExit(f'error: {ALLOCATOR_VARIABLE}=jemalloc, but the dynamic loader finds no libjemalloc: install '
                        f'it (Debian/Ubuntu: apt install libjemalloc2) or unset {ALLOCATOR_VARIABLE}.')
     preload = environ.get('LD_PRELOAD', '')
     if 'jemalloc' in preload:

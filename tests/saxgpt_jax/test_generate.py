@@ -180,6 +180,11 @@ def test_command_skips_unreadable_backings_in_a_folder_and_names_them(tiny_check
   result = cli(tmp_path / 'nockpt')
   assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
   assert result.stderr.strip().splitlines()[-1].startswith(f'error: {tmp_path / "nockpt"}/config.json not found')
+  one = subprocess.run([sys.executable, '-m', 'saxgpt_jax.generate', f'--checkpoint={tiny_checkpoint}',
+                        f'--backing={folder / "b.npy"}', f'--output={tmp_path / "b_solo.npy"}'], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert one.returncode == 1 and one.stderr.strip() == (  # a single unusable backing: one error line
+      f'error: {folder / "b.npy"}: expected raw tokens [4, N] or [B, 4, N], got (3, 10).'), one.stderr[-3000:]
 
 
 def test_a_rerun_into_the_same_folder_keeps_finished_solos_and_generates_the_rest(tiny_checkpoint, tmp_path,
