@@ -2,7 +2,8 @@
 
 Each jsonl line is one record: `{"step": int, "split": "train"|"validation"|"test", "time": unix s,
 <name>: float, ...}`. A resumed run appends, so a step can appear twice (the later line wins).
-TensorBoard scalars are named `<split>/<name>` under `WORKDIR/tensorboard`.
+TensorBoard scalars are named `<split>/<name>` under `WORKDIR/tensorboard`; a resumed run hides the events
+written past its checkpoint (`MetricsWriter`'s start_step).
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ TENSORBOARD_DIR = 'tensorboard'
 
 
 class MetricsWriter:
-  """Appends metric records; does nothing on processes other than 0."""
+  """Appends metric records; does nothing on processes other than 0.
 
-  def __init__(self, workdir: str | os.PathLike, *, enabled: bool | None = None):
+  start_step: the step the run starts or resumes from. TensorBoard then hides the events that an earlier
+  run, killed after its last checkpoint, wrote past it (tensorboardX's `purge_step`), so a resumed run's
+  curves do not double back.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, enabled: bool | None = None, start_step: int = 0):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = epath.Path(workdir) / METRICS_FILE
     self._file = None
@@ -36,7 +42,8 @@ class MetricsWriter:
         self._remote_lines = self.path.read_text().splitlines() if self.path.exists() else []
       else:
         self._file = open(self.path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
-      self._tensorboard = SummaryWriter(logdir=os.fspath(epath.Path(workdir) / TENSORBOARD_DIR))
+      self._tensorboard = SummaryWriter(logdir=os.fspath(epath.Path(workdir) / TENSORBOARD_DIR),
+                                        purge_step=start_step + 1)
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     """One record; NaN/inf are written as JSON null."""

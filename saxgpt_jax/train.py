@@ -402,7 +402,7 @@ def _train_loop(config, workdir, ckpt_dir, mngr, devices, iterator_factory, mesh
     batches = iterator_factory(config, split, shuffle=False, num_epochs=1, **shard)
     return evaluate(trainer, params, batches, train_cfg.eval_batches)
 
-  writer = metrics_log.MetricsWriter(workdir, enabled=is_main)
+  writer = metrics_log.MetricsWriter(workdir, enabled=is_main, start_step=start_step)
   writer.write_text('startup', report.replace('\n', '  \n'))
   preemption = _Preemption(mngr)
   progress = tqdm(total=train_cfg.num_steps, initial=start_step, desc='train', disable=not is_main,
@@ -449,6 +449,7 @@ def _train_loop(config, workdir, ckpt_dir, mngr, devices, iterator_factory, mesh
           progress.write(f'step {step}: validation loss {val["loss"]:.4f} accuracy {val["accuracy"]:.4f} '
                          f'perplexity {val["perplexity"]:.2f}')
       if is_save:
+        writer.flush()  # TensorBoard holds every step up to a checkpoint, so a killed run resumes a full curve
         mngr.save(step, args=checkpoint.train_save_args(state.params, state.checkpoint_items(), train_iter),
                   metrics=None if val is None else {checkpoint.BEST_METRIC: val['loss']}, force=True)
       window.start = time.perf_counter() if (is_eval or is_save) else window.start

@@ -340,6 +340,27 @@ def test_mesh_2x2x2_equals_one_device_and_its_checkpoint_resumes_on_one(data_dir
 
 
 @pytest.mark.slow
+def tensorboard_scalars(logdir, tag):
+  """(the steps of the SessionLog START events, {step: [values of `tag`]} as TensorBoard shows them): event
+  files in name (time) order, and a START at step P hides the events read so far whose step is >= P."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
+  starts, shown = [], {}
+  for path in sorted(Path(logdir).glob('events.out.tfevents.*')):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):  # TFRecord framing: uint64 length, uint32 crc, the event, uint32 crc
+      length = int.from_bytes(data[pos:pos + 8], 'little')
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4
+      if event.HasField('session_log') and event.session_log.status == event_pb2.SessionLog.START:
+        starts.append(event.step)
+        shown = {step: values for step, values in shown.items() if step < event.step}
+      for value in event.summary.value:
+        if value.tag == tag:
+          shown.setdefault(event.step, []).append(np.float32(value.simple_value))
+  return starts, shown
+
+
 def test_kill_9_then_rerun_continues_exactly(data_dir, reference, compile_cache, tmp_path):
   workdir, log_path = tmp_path / 'run', tmp_path / 'first.log'
   first = start(command(data_dir, workdir), environment(compile_cache), log_path)
@@ -357,6 +378,10 @@ def test_kill_9_then_rerun_continues_exactly(data_dir, reference, compile_cache,
   resumed = {r['step']: r['loss'] for r in new_records if r['split'] == 'train'}
   want = {step: loss for step, loss in reference[0].items() if step > resumed_from}
   assert resumed == want  # same program, same batches, same dropout: bit-identical
+  # TensorBoard hides what the killed run logged past its checkpoint: one point per step, no doubling back.
+  starts, shown = tensorboard_scalars(workdir / metrics_log.TENSORBOARD_DIR, 'train/loss')
+  assert resumed_from + 1 in starts, starts
+  assert shown == {step: [np.float32(loss)] for step, loss in reference[0].items()}, shown
 
 
 @pytest.mark.slow
