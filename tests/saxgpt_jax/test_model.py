@@ -203,6 +203,26 @@ def test_inference_on_cpu_runs_one_row_at_a_time_with_the_same_outputs(monkeypat
         assert rel_err(got, run(m)) <= 1e-5
 
 
+def test_one_row_attention_in_query_blocks_equals_one_block(monkeypatch):
+  """One row's attention runs in blocks of queries, a causal block reading keys only up to its last query:
+  encode and the teacher-forced forward (blocks of 5 over 17 frames and 13 positions) equal one block's,
+  with a key mask, with one that hides every frame, and without."""
+  model = tiny_model(num_encoder_layers=2, num_decoder_layers=2)
+  rng = np.random.default_rng(12)
+  src, tgt = jnp.asarray(rng.integers(0, 2048, (1, 4, 17))), jnp.asarray(rng.integers(0, 2048, (1, 4, 13)))
+  masks = (None, jnp.asarray(np.arange(17)[None] < 9), jnp.zeros((1, 17), bool))
+  for run in (lambda m: model.encode(src, m), lambda m: model(src, tgt, m)):
+    dots = lambda: str(jax.make_jaxpr(lambda m: run(m))(masks[1])).count('dot_general')  # a new trace each time
+    one_block = [run(m) for m in masks]
+    fewer = dots()
+    with monkeypatch.context() as patch:
+      patch.setattr(model_lib, 'ONE_ROW_QUERY_BLOCK', 5)
+      assert dots() > fewer  # the blocks are taken
+      for m, want in zip(masks, one_block):
+        assert rel_err(run(m), want) <= 1e-6
+  assert not np.allclose(one_block[1], one_block[2], atol=1e-4)  # the masks matter
+
+
 def _training_loss_grad(model):
   """jitted (params, src, tgt, mask, dropout key) -> (loss, grads) of a training-mode forward pass."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
