@@ -98,9 +98,10 @@ def indexed_source(config: ml_collections.ConfigDict, split: str) -> tuple[Seque
     return source, clip_frames(source)
   except DataError as e:
     raise DataError(
-        f'{config.data.name} split {split!r} in {config.data.data_dir}: {e}. Its shards are damaged (an '
-        'interrupted copy, a full disk); rebuild the dataset with python -m preprocessing.build_tfds '
-        f'--tokens_dir=TOKENS_DIR --data_dir={config.data.data_dir} --overwrite') from e.__cause__
+        f'{config.data.name} split {split!r} in {config.data.data_dir}: {e}. If a rerun fails the same way, '
+        'its shards are damaged (an interrupted copy, a full disk): rebuild the dataset with python -m '
+        f'preprocessing.build_tfds --tokens_dir=TOKENS_DIR --data_dir={config.data.data_dir} --overwrite'
+    ) from e.__cause__
 
 
 def window_index(frames: np.ndarray, seq_len: int, stride: int) -> np.ndarray:
