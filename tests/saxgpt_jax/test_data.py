@@ -178,7 +178,8 @@ def test_a_damaged_shard_stops_a_pass_before_its_first_batch_with_the_rebuild_co
   damaged = tmp_path / 'damaged'
   config = make_config(damage_train_shards(data_dir, damaged))
   words = (rf"saxgpt_tokens split 'train' in {damaged}: record \d+ of \d+ cannot be read \(.*\)\. If a rerun "
-           rf'fails the same way, its shards are damaged .*preprocessing.build_tfds --tokens_dir=TOKENS_DIR --data_dir={damaged} --overwrite$')
+           rf'fails the same way, its shards are damaged .*preprocessing.build_tfds --tokens_dir=TOKENS_DIR '
+           rf'--data_dir={damaged} --overwrite$')
   for make in (lambda: data.make_iterator(config, 'train'), lambda: data.num_windows(config, 'train')):
     with pytest.raises(data.DataError, match=words):
       make()
