@@ -80,10 +80,11 @@ def _not_an_interrupt(record: logging.LogRecord) -> bool:
 @contextlib.contextmanager
 def on_this_terminal(options):
   """Around a Beam run with these PipelineOptions (None: no Beam). When they send it to DirectRunner worker
-  processes on this machine (`beam_runners.uses_local_workers`): workers print their own log lines and exit quietly on Ctrl-C (`in_worker`) and can import this repository's modules; the job
-  service's relay here is kept quiet; and once Ctrl-C has come (in the main thread), the errors of Beam's
-  threads as the workers go are not printed. The KeyboardInterrupt itself still reaches the caller. Other
-  runners and modes are left as Beam sets them up."""
+  processes on this machine (`beam_runners.uses_local_workers`): workers print their own log lines, exit
+  quietly on Ctrl-C (`in_worker`) and can import this repository's modules; the job service's relay here
+  is kept quiet; and once Ctrl-C has come (in the main thread), the errors of Beam's threads as the
+  workers go are not printed. The KeyboardInterrupt itself still reaches the caller. Other runners and
+  modes are left as Beam sets them up."""
   from preprocessing import beam_runners  # pylint: disable=g-import-not-at-top  # imports apache_beam
 
   if options is None or not beam_runners.uses_local_workers(options):
